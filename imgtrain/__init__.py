@@ -1,0 +1,28 @@
+"""imgtrain: train, evaluate and predict image classifiers on Keras 3.
+
+    from imgtrain import load_dataset, build_model, train
+    run = train(dataset="mnist", model="cnn_small", epochs=1, out="runs/mnist-1")
+    run.metrics["test_accuracy"]   # 0.98+; run.model is a plain keras.Model
+
+`import imgtrain` does not import Keras (only `build_model`, `train` and friends do, when called), so that each
+run can choose its backend first.
+"""
+__version__ = "0.1.0"
+
+from .config import TrainConfig, load_config  # noqa: E402
+from .data import load_dataset  # noqa: E402
+from .evaluate import evaluate  # noqa: E402
+from .predict import predict_files  # noqa: E402
+from .saving import load_model  # noqa: E402
+from .train import train  # noqa: E402
+
+
+def build_model(name: str, input_shape=(28, 28, 1), num_classes: int = 10, **options):
+    """A plain `keras.Model` from the registry (imports Keras); see `imgtrain.models.build_model`."""
+    from .models import build_model as _build
+
+    return _build(name, input_shape, num_classes, **options)
+
+
+__all__ = ["TrainConfig", "build_model", "evaluate", "load_config", "load_dataset", "load_model", "predict_files",
+           "train"]

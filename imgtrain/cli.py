@@ -1,0 +1,199 @@
+"""The `imgtrain` command. Keras is imported inside commands, after the run's backend is chosen."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .errors import ImgtrainError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Train, evaluate and predict image classifiers on Keras 3.")
+
+
+@app.command()
+def train(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML or TOML file of config keys"),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="mnist, fashion_mnist, folder:PATH, ..."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="a name from `imgtrain models`"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", "-e"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="peak learning rate"),
+    optimizer: Optional[str] = typer.Option(None, "--optimizer", help="adam, adamw, sgd, rmsprop"),
+    schedule: Optional[str] = typer.Option(None, "--schedule", help="constant, step, cosine, onecycle"),
+    augment: Optional[str] = typer.Option(None, "--augment", help="none, shift, flip, seed004"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    backend: Optional[str] = typer.Option(None, "--backend", help="tensorflow, jax, torch"),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="run directory (default runs/<dataset>-<model>-<time>)"),
+    train_limit: Optional[int] = typer.Option(None, "--train-limit", help="use at most N training images"),
+    set_: List[str] = typer.Option([], "--set", help="KEY=VALUE for any config key, e.g. model_options.dense=512"),
+):
+    """Train a model; writes a run directory with config, history, checkpoints and test metrics."""
+    from .backend import use_backend
+    from .config import load_config
+
+    flags = dict(dataset=dataset, model=model, epochs=epochs, batch_size=batch_size, learning_rate=lr,
+                 optimizer=optimizer, schedule=schedule, augment=augment, seed=seed, backend=backend, out=out,
+                 train_limit=train_limit)
+    cfg = load_config(config, flags, set_)
+    use_backend(cfg.backend)
+    from .data import parse_name
+    from .models import MODELS
+
+    parse_name(cfg.dataset), MODELS.get(cfg.model)  # fail on unknown names before any work
+    from .train import train as run_training
+
+    result = run_training(cfg)
+    m = result.metrics
+    typer.echo(f"run directory: {result.run_dir}")
+    if "test_accuracy" in m:
+        typer.echo(f"test accuracy: {m['test_accuracy']:.4f}   test loss: {m['test_loss']:.4f}   "
+                   f"({m['test_images']} test images, best epoch {m.get('best_epoch', '-')}/{m['epochs_run']})")
+
+
+def _run_config(target: Path) -> dict:
+    cfg_file = target / "config.yaml" if target.is_dir() else target.parent / "config.yaml"
+    if cfg_file.is_file():
+        import yaml
+
+        return yaml.safe_load(cfg_file.read_text()) or {}
+    return {}
+
+
+@app.command()
+def evaluate(
+    target: Path = typer.Argument(..., help="run directory or model file (.keras/.h5)"),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="default: the run's dataset"),
+    split: str = typer.Option("test", "--split", help="test, val or train"),
+    batch_size: int = typer.Option(512, "--batch-size", "-b"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write the full result here (default for a run "
+                                                                 "directory: RUN_DIR/evaluation-<split>.json)"),
+    fmt: str = typer.Option("table", "--format", help="table or json on standard output"),
+):
+    """Loss, accuracy, per-class precision/recall/F1 and confusion matrix of a model on a dataset split."""
+    if split not in ("test", "val", "train"):
+        raise ImgtrainError(f"unknown split {split!r}; valid: test, val, train")
+    if fmt not in ("table", "json"):
+        raise ImgtrainError(f"unknown format {fmt!r}; valid: table, json")
+    run_cfg = _run_config(target)
+    from .backend import use_backend
+
+    use_backend(run_cfg.get("backend", "tensorflow"))
+    from .data import load_dataset
+    from .evaluate import evaluate as evaluate_model, format_table
+    from .saving import load_model
+
+    model, meta = load_model(target)
+    name = dataset or run_cfg.get("dataset") or meta.get("dataset")
+    if not name:
+        raise ImgtrainError(f"{target}: no dataset recorded with this model; give one with --dataset")
+    h, w, c = model.input_shape[1:]
+    same = name == run_cfg.get("dataset")
+    ds = load_dataset(name, val_split=run_cfg.get("val_split", 0.1), test_split=run_cfg.get("test_split", 0.1),
+                      seed=run_cfg.get("seed", 0), image_size=(h, w), channels=c,
+                      train_limit=run_cfg.get("train_limit") if same else None,
+                      test_limit=run_cfg.get("test_limit") if same else None)
+    if ds.num_classes != model.output_shape[-1]:
+        raise ImgtrainError(f"dataset {name!r} has {ds.num_classes} classes but the model predicts "
+                            f"{model.output_shape[-1]}")
+    part = getattr(ds, split)
+    if part is None or not len(part):
+        raise ImgtrainError(f"dataset {name!r} has no {split} split")
+    result = evaluate_model(model, part, meta.get("class_names") or ds.class_names, batch_size)
+    result.update(dataset=name, split=split, model=str(target))
+    if json_out is None and target.is_dir():
+        json_out = target / f"evaluation-{split}.json"
+    if json_out is not None:
+        from .saving import atomic_write_json
+
+        atomic_write_json(json_out, result)
+    typer.echo(json.dumps(result, indent=2) if fmt == "json" else format_table(result))
+    if json_out is not None and fmt == "table":
+        typer.echo(f"\nwritten: {json_out}")
+
+
+@app.command()
+def predict(
+    model_path: Path = typer.Argument(..., metavar="MODEL", help="run directory or model file"),
+    images: List[str] = typer.Argument(..., help="image files and/or folders"),
+    top_k: int = typer.Option(3, "--top-k", "-k", help="classes to show per image"),
+    fmt: str = typer.Option("table", "--format", "-f", help="table, csv or json"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="write here instead of standard output"),
+):
+    """Top-k classes with names and probabilities for each image."""
+    if fmt not in ("table", "csv", "json"):
+        raise ImgtrainError(f"unknown format {fmt!r}; valid: table, csv, json")
+    if top_k < 1:
+        raise ImgtrainError(f"--top-k must be at least 1 (got {top_k})")
+    from .backend import use_backend
+
+    use_backend(_run_config(model_path).get("backend", "tensorflow"))
+    from .predict import expand_paths, format_rows, predict_files
+    from .saving import load_model
+
+    paths = expand_paths(images)
+    model, meta = load_model(model_path)
+    text = format_rows(predict_files(model, paths, meta["class_names"], top_k), fmt)
+    if output:
+        from .saving import atomic_write
+
+        atomic_write(output, text + "\n")
+    else:
+        typer.echo(text)
+
+
+@app.command()
+def datasets():
+    """List the datasets: registered names, what they are, and whether their files are here."""
+    from .data import DATASETS, dataset_names
+    from .data.builtin import status
+
+    rows = [(shown, fn.about, status(name)) for shown, (name, fn) in zip(dataset_names(), DATASETS.items())]
+    w = max(len(r[0]) for r in rows)
+    for shown, about, where in rows:
+        typer.echo(f"{shown:<{w}}  {about}\n{'':<{w}}  {where}")
+
+
+@app.command()
+def models():
+    """List the models with their parameter counts for 28×28×1 and 32×32×3 inputs, 10 classes."""
+    import os
+
+    from .backend import use_backend
+
+    use_backend(os.environ.get("KERAS_BACKEND", "tensorflow"))
+    from .models import MODELS, build_model
+
+    typer.echo(f"{'model':<12} {'params 28x28x1':>15} {'params 32x32x3':>15}  about")
+    for name, fn in MODELS.items():
+        small = build_model(name, (28, 28, 1), 10).count_params()
+        colour = build_model(name, (32, 32, 3), 10).count_params()
+        about = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
+        typer.echo(f"{name:<12} {small:>15,} {colour:>15,}  {about}")
+
+
+@app.command("config")
+def config_keys():
+    """Print every config key with its type, default and meaning (Markdown)."""
+    from .config import CONFIG_DOC_HEAD, describe
+
+    typer.echo(CONFIG_DOC_HEAD)
+    typer.echo(describe())
+
+
+def main() -> None:
+    try:
+        app()
+    except ImgtrainError as err:
+        typer.echo(f"error: {err}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

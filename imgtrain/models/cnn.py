@@ -1,0 +1,54 @@
+"""The seeds' convolutional networks, as variants of one conv -> (BN) -> pool -> (dropout) stack."""
+import keras
+
+from . import register_model, stem
+
+
+def conv_stack(input_shape, num_classes, augment="none", *, widths=(32, 64), padding="same", bn=False,
+               conv_dropout=0.0, dense=256, dense_bn=False, dropout=0.0, l2=0.0, name="cnn") -> keras.Model:
+    inputs, x = stem(input_shape, augment)
+    reg = keras.regularizers.L2(l2) if l2 else None
+    for i, w in enumerate(widths):
+        x = keras.layers.Conv2D(w, 3, padding=padding, activation="relu", kernel_regularizer=reg,
+                                name=f"conv{i + 1}")(x)
+        if bn:
+            x = keras.layers.BatchNormalization(name=f"bn{i + 1}")(x)
+        x = keras.layers.MaxPooling2D(2, padding=padding, name=f"pool{i + 1}")(x)  # as the seeds pair them
+        if conv_dropout:
+            x = keras.layers.Dropout(conv_dropout)(x)
+    x = keras.layers.Flatten()(x)
+    if dense:
+        x = keras.layers.Dense(dense, activation="relu", kernel_regularizer=reg, name="fc")(x)
+        if dense_bn:
+            x = keras.layers.BatchNormalization(name="fc_bn")(x)
+        if dropout:
+            x = keras.layers.Dropout(dropout)(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="probs")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+@register_model
+def cnn_small(input_shape, num_classes, augment="none", dense: int = 256, dropout: float = 0.0,
+              l2: float = 0.0) -> keras.Model:
+    """Seed 000: conv32-pool-conv64-pool-dense256 ('same' padding)."""
+    return conv_stack(input_shape, num_classes, augment, widths=(32, 64), dense=dense, dropout=dropout, l2=l2,
+                      name="cnn_small")
+
+
+@register_model
+def cnn3(input_shape, num_classes, augment="none", dense: int = 256, dropout: float = 0.4,
+         l2: float = 0.0) -> keras.Model:
+    """Seed 001: three conv32/64/128-pool blocks, dense256, dropout 0.4."""
+    return conv_stack(input_shape, num_classes, augment, widths=(32, 64, 128), dense=dense, dropout=dropout,
+                      l2=l2, name="cnn3")
+
+
+@register_model
+def cnn_bn(input_shape, num_classes, augment="none", dense: int = 64, conv_dropout: float = 0.2,
+           dropout: float = 0.5, l2: float = 0.0) -> keras.Model:
+    """Seed 004: three conv-BN-pool-dropout blocks ('valid' padding), dense-BN-dropout head.
+
+    The seed uses dense 64 / conv dropout 0.2 for Fashion-MNIST and dense 512 / 0.25 for Dogs-vs-Cats.
+    """
+    return conv_stack(input_shape, num_classes, augment, widths=(32, 64, 128), padding="valid", bn=True,
+                      conv_dropout=conv_dropout, dense=dense, dense_bn=True, dropout=dropout, l2=l2, name="cnn_bn")

@@ -1,0 +1,75 @@
+"""Top-k predictions for image files, with class names and probabilities."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .data.images import DECODE_ERRORS, decode, is_image_name
+from .errors import ImgtrainError
+
+
+def expand_paths(items: list[str]) -> list[str]:
+    """Files as given; folders walked for image files (sorted)."""
+    out = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            for dirpath, dirnames, filenames in os.walk(p):
+                dirnames.sort()
+                out += [os.path.join(dirpath, f) for f in sorted(filenames) if is_image_name(f)]
+        elif p.is_file():
+            out.append(str(p))
+        else:
+            raise ImgtrainError(f"{item}: no such file or folder")
+    if not out:
+        raise ImgtrainError(f"no image files in {', '.join(items)} (extensions: jpg, jpeg, png, bmp, gif, webp)")
+    return out
+
+
+def predict_files(model, paths: list[str], class_names: list[str], top_k: int = 3,
+                  batch_size: int = 256) -> list[dict]:
+    """One dict per file: {'file', 'top': [{'class', 'index', 'probability'}], 'error'}."""
+    h, w, c = model.input_shape[1:]
+    top_k = max(1, min(top_k, len(class_names)))
+    rows, images, where = [], [], []
+    for p in paths:
+        try:
+            images.append(decode(p, (h, w), c))
+            where.append(len(rows))
+            rows.append({"file": p, "top": [], "error": None})
+        except DECODE_ERRORS as err:
+            rows.append({"file": p, "top": [], "error": f"{type(err).__name__}: {err}".splitlines()[0]})
+    if images:
+        probs = model.predict(np.stack(images), batch_size=batch_size, verbose=0)
+        for r, pr in zip(where, probs):
+            best = np.argsort(-pr)[:top_k]
+            rows[r]["top"] = [{"class": class_names[i], "index": int(i), "probability": float(pr[i])} for i in best]
+    return rows
+
+
+def format_rows(rows: list[dict], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(rows, indent=2)
+    flat = [(r["file"], rank + 1, t["class"], t["index"], t["probability"], "") for r in rows
+            for rank, t in enumerate(r["top"])] + [(r["file"], "", "", "", "", r["error"]) for r in rows if r["error"]]
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["file", "rank", "class", "index", "probability", "error"])
+        writer.writerows(flat)
+        return buf.getvalue().rstrip("\n")
+    if fmt != "table":
+        raise ImgtrainError(f"unknown format {fmt!r}; valid: table, csv, json")
+    fw = min(60, max(len("file"), *(len(r["file"]) for r in rows)))
+    lines = [f"{'file':<{fw}}  rank  {'class':<16} probability"]
+    for r in rows:
+        if r["error"]:
+            lines.append(f"{r['file']:<{fw}}  skipped: {r['error']}")
+        for rank, t in enumerate(r["top"]):
+            lines.append(f"{(r['file'] if rank == 0 else ''):<{fw}}  {rank + 1:4d}  {t['class']:<16} {t['probability']:11.4f}")
+    return "\n".join(lines)

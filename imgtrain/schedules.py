@@ -1,0 +1,45 @@
+"""Optimizers and learning-rate schedules, built only from Keras' own serialisable classes.
+
+Using Keras' built-in schedules keeps every saved model loadable by plain `keras.models.load_model`.
+"""
+from __future__ import annotations
+
+import keras
+
+from .config import TrainConfig
+
+ONECYCLE_START_DIV = 25.0  # one-cycle warm-up starts at peak/25 (fastai's div)
+ONECYCLE_END_FRACTION = 1e-4  # and anneals to peak * 1e-4
+
+
+def make_schedule(cfg: TrainConfig, steps_per_epoch: int):
+    total = max(1, cfg.epochs * steps_per_epoch)
+    lr = cfg.learning_rate
+    if cfg.schedule == "constant":
+        return lr
+    if cfg.schedule == "step":
+        return keras.optimizers.schedules.ExponentialDecay(
+            lr, decay_steps=cfg.step_epochs * steps_per_epoch, decay_rate=cfg.step_gamma, staircase=True)
+    if cfg.schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(lr, decay_steps=total)
+    warm = int(round(total * cfg.warmup_fraction))
+    return keras.optimizers.schedules.CosineDecay(  # linear warm-up to the peak, then cosine annealing
+        lr / ONECYCLE_START_DIV, decay_steps=max(1, total - warm), alpha=ONECYCLE_END_FRACTION,
+        warmup_target=lr if warm else None, warmup_steps=warm)
+
+
+def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    lr = make_schedule(cfg, steps_per_epoch)
+    if cfg.optimizer == "adam":
+        return keras.optimizers.Adam(lr)
+    if cfg.optimizer == "adamw":
+        return keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return keras.optimizers.SGD(lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
+                                    weight_decay=cfg.weight_decay or None)
+    return keras.optimizers.RMSprop(lr, momentum=cfg.momentum if cfg.momentum else 0.0)
+
+
+def current_lr(optimizer) -> float:
+    lr = optimizer.learning_rate
+    return float(keras.ops.convert_to_numpy(lr))

@@ -1,0 +1,228 @@
+"""`train(config)`: one run, one directory. The loop is Keras' own `fit`; everything else is a callback.
+
+A run directory holds: config.yaml (resolved config), run.json (versions, data summary and hash, timings,
+status), history.csv, train.log, best.keras / last.keras (+ best.weights.h5, best.h5 when asked), metrics.json
+(test metrics of the best model) and tensorboard/.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+from .backend import use_backend, versions
+from .config import TrainConfig, load_config, make_config, save_config
+from .errors import ConfigError, ImgtrainError
+from .saving import atomic_write, atomic_write_json
+
+RUNS_DIR = "runs"
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    model: object  # keras.Model: the best checkpoint, reloaded from best.keras
+    history: dict[str, list[float]]
+    metrics: dict
+
+
+def as_config(config, overrides: dict) -> TrainConfig:
+    if isinstance(config, TrainConfig):
+        return make_config(**{**config.model_dump(), **overrides}) if overrides else config
+    if isinstance(config, (str, Path)):
+        return load_config(config, overrides)
+    return make_config(**{**(config or {}), **overrides})
+
+
+def default_run_dir(cfg: TrainConfig) -> Path:
+    slug = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in cfg.dataset.split("/")[-1] or cfg.dataset)
+    return Path(RUNS_DIR) / f"{slug}-{cfg.model}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def choose_run_dir(cfg: TrainConfig) -> Path:
+    """The run directory, refused before any work if it already holds a run (nothing written is ever replaced)."""
+    run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg)
+    if (run_dir / "run.json").exists():
+        raise ImgtrainError(f"{run_dir} already holds a run; choose another --out or remove that directory")
+    return run_dir
+
+
+def make_run_dir(run_dir: Path) -> Path:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ImgtrainError(f"cannot write run directory {run_dir}: {err.strerror}") from None
+    return run_dir
+
+
+def run_logger(run_dir: Path) -> logging.Logger:
+    log = logging.getLogger(f"imgtrain.run.{run_dir}")
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.handlers[:] = [handler]
+    return log
+
+
+def class_weights(spec, ds) -> dict[int, float] | None:
+    if spec == "none":
+        return None
+    if spec == "balanced":
+        from sklearn.utils.class_weight import compute_class_weight
+
+        present = np.unique(ds.train.y)
+        weights = compute_class_weight("balanced", classes=present, y=ds.train.y)
+        return {int(c): float(w) for c, w in zip(present, weights)}
+    out = {}
+    for key, w in spec.items():
+        idx = ds.class_names.index(key) if key in ds.class_names else int(key) if str(key).isdigit() else None
+        if idx is None or idx >= ds.num_classes:
+            raise ConfigError(f"class_weight key {key!r} is not a class; classes: {', '.join(ds.class_names)}")
+        out[idx] = float(w)
+    return {i: out.get(i, 1.0) for i in range(ds.num_classes)}
+
+
+def fit_inputs(split, cfg: TrainConfig, input_shape, onehot: int, shuffle: bool, skipped: dict):
+    """(x, y) arrays for in-memory data, or a streaming PyDataset."""
+    if split.in_memory:
+        y = np.eye(onehot, dtype=np.float32)[split.y] if onehot else split.y
+        return split.x, y
+    from .data.stream import ImageBatches
+
+    return ImageBatches(split, input_shape, cfg.batch_size, shuffle=shuffle, seed=cfg.seed, onehot=onehot,
+                        skipped=skipped), None
+
+
+def progress_mode(cfg: TrainConfig) -> int:
+    if cfg.verbose == "auto":
+        return 1 if sys.stdout.isatty() else 2
+    return {"bar": 1, "epoch": 2, "quiet": 0}[cfg.verbose]
+
+
+def train(config: TrainConfig | dict | str | Path | None = None, **overrides) -> RunResult:
+    """Train per `config` (a TrainConfig, a dict, or a YAML/TOML path; keyword overrides win)."""
+    cfg = as_config(config, overrides)
+    use_backend(cfg.backend)
+    import keras
+
+    from .data import load_dataset
+    from .models import build_model
+
+    t_start = time.perf_counter()
+    run_dir = choose_run_dir(cfg)
+    keras.utils.set_random_seed(cfg.seed)
+    ds = load_dataset(cfg.dataset, val_split=cfg.val_split, test_split=cfg.test_split, seed=cfg.seed,
+                      image_size=cfg.image_size, channels=cfg.channels, train_limit=cfg.train_limit,
+                      test_limit=cfg.test_limit, stream=cfg.stream)
+    model = build_model(cfg.model, ds.input_shape, ds.num_classes, augment=cfg.augment, **cfg.model_options)
+    log = run_logger(make_run_dir(run_dir))
+    try:
+        return _fit_and_score(cfg, ds, model, run_dir, log, t_start)
+    except BaseException as err:
+        log.error("stopped by %s: %s", type(err).__name__, err)
+        raise
+    finally:
+        for handler in log.handlers:
+            handler.close()
+        log.handlers.clear()
+
+
+def _fit_and_score(cfg: TrainConfig, ds, model, run_dir: Path, log: logging.Logger, t_start: float) -> RunResult:
+    import keras
+
+    from .callbacks import BestCheckpoint, EpochStats, LastCheckpoint
+    from .evaluate import evaluate
+    from .saving import save_model
+    from .schedules import make_optimizer
+
+    t_data = time.perf_counter()
+    log.info("data %s: train %d, val %d, test %d, input %s, %d classes, source %s", ds.name, len(ds.train),
+             len(ds.val) if ds.val else 0, len(ds.test) if ds.test else 0, ds.input_shape, ds.num_classes, ds.source)
+    for note in ds.notes:
+        log.info("data: %s", note)
+    for path, reason in ds.skipped.items():
+        log.warning("skipped %s: %s", path, reason)
+
+    onehot = ds.num_classes if (cfg.label_mode == "onehot" or cfg.label_smoothing > 0) else 0
+    steps_per_epoch = math.ceil(len(ds.train) / cfg.batch_size)
+    if onehot:
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
+        acc = keras.metrics.CategoricalAccuracy(name="accuracy")
+    else:
+        loss, acc = keras.losses.SparseCategoricalCrossentropy(), keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+    model.compile(optimizer=make_optimizer(cfg, steps_per_epoch), loss=loss, metrics=[acc],
+                  jit_compile=cfg.jit_compile if cfg.jit_compile is not None else
+                  (False if cfg.backend == "tensorflow" else "auto"))
+
+    meta = {"class_names": ds.class_names, "input_shape": list(ds.input_shape), "pixel_range": [0, 255],
+            "dataset": cfg.dataset, "model": cfg.model}
+    run_info = {"status": "running", "started": datetime.now().isoformat(timespec="seconds"),
+                "versions": versions(), "data": ds.summary(), "params": int(model.count_params()),
+                "run_dir": str(run_dir)}
+    atomic_write(run_dir / "config.yaml", save_config(cfg))
+    atomic_write_json(run_dir / "run.json", run_info)
+
+    callbacks = [EpochStats(),
+                 BestCheckpoint(run_dir / "best.keras", cfg.monitor, meta),
+                 LastCheckpoint(run_dir / "last.keras", meta),
+                 keras.callbacks.CSVLogger(str(run_dir / "history.csv"))]
+    if cfg.early_stopping:
+        callbacks.append(keras.callbacks.EarlyStopping(cfg.monitor, patience=cfg.early_stopping, verbose=1))
+    if cfg.reduce_lr_patience:
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(cfg.monitor, factor=cfg.reduce_lr_factor,
+                                                           patience=cfg.reduce_lr_patience, min_lr=cfg.min_lr))
+    if cfg.tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False,
+                                                     profile_batch=0))
+
+    skipped = ds.skipped
+    x, y = fit_inputs(ds.train, cfg, ds.input_shape, onehot, True, skipped)
+    val = None
+    if ds.val is not None and len(ds.val):
+        vx, vy = fit_inputs(ds.val, cfg, ds.input_shape, onehot, False, skipped)
+        val = (vx, vy) if vy is not None else vx
+    fit_kw = {"batch_size": cfg.batch_size} if y is not None else {}
+    history = model.fit(x, y, validation_data=val, epochs=cfg.epochs, callbacks=callbacks,
+                        class_weight=class_weights(cfg.class_weight, ds), verbose=progress_mode(cfg), **fit_kw)
+    t_fit = time.perf_counter()
+
+    best_path = run_dir / "best.keras"
+    if not best_path.exists():  # the monitored value never became finite: keep the last model as "best"
+        log.warning("%s never improved; best.keras is the last epoch's model", cfg.monitor)
+        save_model(model, best_path, {**meta, "epoch": cfg.epochs})
+    best = keras.models.load_model(best_path, safe_mode=True)
+    save_model(best, run_dir / "best.weights.h5", meta)
+    if cfg.save_h5:
+        save_model(best, run_dir / "best.h5", meta)
+    metrics = {}
+    if ds.test is not None and len(ds.test):
+        result = evaluate(best, ds.test, ds.class_names, batch_size=max(cfg.batch_size, 256))
+        metrics = {"test_accuracy": result["accuracy"], "test_loss": result["loss"], "test_macro_f1": result["macro_f1"],
+                   "test_images": result["n"], "test": result}
+    hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
+    if cfg.monitor in hist:
+        sign = 1 if "acc" in cfg.monitor else -1
+        best_epoch = int(np.argmax([sign * v for v in hist[cfg.monitor]]))
+        metrics.update(best_epoch=best_epoch + 1, **{f"best_{k}": v[best_epoch] for k, v in hist.items()
+                                                        if k.startswith("val_") or k in ("accuracy", "loss")})
+    metrics["epochs_run"] = len(next(iter(hist.values()), []))
+    atomic_write_json(run_dir / "metrics.json", metrics)
+    t_end = time.perf_counter()
+    run_info.update(status="done", finished=datetime.now().isoformat(timespec="seconds"), skipped=len(skipped),
+                    data=ds.summary(),
+                    timings={"setup_s": t_data - t_start, "fit_s": t_fit - t_data, "evaluate_s": t_end - t_fit,
+                             "total_s": t_end - t_start,
+                             "train_images_per_s": len(ds.train) * metrics["epochs_run"] / max(t_fit - t_data, 1e-9)})
+    atomic_write_json(run_dir / "run.json", run_info)
+    log.info("done: %s", {k: v for k, v in metrics.items() if k != "test"})
+    return RunResult(run_dir, best, hist, metrics)

@@ -1,0 +1,82 @@
+"""Shared fixtures: real data written out as image files, and one real training run reused by several tests."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("IMGTRAIN_OFFLINE", "1")  # tests never download; missing data must be a clear error
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+ROOT = Path(__file__).resolve().parents[1]
+_SCRIPT = Path(sys.executable).parent / "imgtrain"  # the console script pip installed, as a user runs it
+IMGTRAIN = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "imgtrain.cli"]
+
+
+def run_cli(*args: str, cwd: Path | None = None, check: bool = True, env: dict | None = None,
+            timeout: float = 900) -> subprocess.CompletedProcess:
+    """Run `imgtrain ARGS` as a user would, in a fresh process."""
+    proc = subprocess.run([*IMGTRAIN, *map(str, args)], cwd=cwd or ROOT, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"imgtrain {' '.join(map(str, args))} exited {proc.returncode}\n"
+                             f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def write_pngs(root: Path, x: np.ndarray, y: np.ndarray, class_names: list[str]) -> list[tuple[str, str]]:
+    """Save uint8 images as PNG files in root/<class>/<i>.png; returns (relative path, class) rows."""
+    from PIL import Image
+
+    rows = []
+    for i, (img, label) in enumerate(zip(x, y)):
+        folder = root / class_names[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{i:05d}.png"
+        Image.fromarray(img.squeeze(-1) if img.shape[-1] == 1 else img).save(path)
+        rows.append((str(path.relative_to(root.parent)), class_names[label]))
+    return rows
+
+
+@pytest.fixture(scope="session")
+def fashion():
+    from imgtrain.data import load_dataset
+
+    return load_dataset("fashion_mnist", val_split=0)
+
+
+@pytest.fixture(scope="session")
+def fashion_files(tmp_path_factory, fashion):
+    """Real Fashion-MNIST as PNG files: folder/train/<class>/ (3000) and folder/test/<class>/ (1000), plus a CSV
+    table of the same files with a split column. Class folder names avoid '/' ('T-shirt/top' -> 'T-shirt-top')."""
+    import csv
+
+    from imgtrain.data.split import stratified_subset
+
+    base = tmp_path_factory.mktemp("fashion_png")
+    names = [n.replace("/", "-") for n in fashion.class_names]
+    tr = stratified_subset(fashion.train.y, 3000, seed=1)
+    te = stratified_subset(fashion.test.y, 1000, seed=1)
+    train_rows = write_pngs(base / "folder" / "train", fashion.train.x[tr], fashion.train.y[tr], names)
+    test_rows = write_pngs(base / "folder" / "test", fashion.test.x[te], fashion.test.y[te], names)
+    with open(base / "folder" / "labels.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["filename", "category", "split"])
+        w.writerows([(p.removeprefix("folder/"), c, "train") for p, c in train_rows])
+        w.writerows([(p.removeprefix("folder/"), c, "test") for p, c in test_rows])
+    return {"folder": base / "folder", "csv": base / "folder" / "labels.csv", "class_names": names,
+            "test_y": fashion.test.y[te], "test_x": fashion.test.x[te]}
+
+
+@pytest.fixture(scope="session")
+def mnist_run(tmp_path_factory):
+    """`imgtrain train --dataset mnist --model cnn_small --epochs 1` run through the CLI, as the README shows."""
+    out = tmp_path_factory.mktemp("runs") / "mnist-1"
+    proc = run_cli("train", "--dataset", "mnist", "--model", "cnn_small", "--epochs", "1", "--lr", "3e-3",
+                   "--out", out)
+    return out, proc

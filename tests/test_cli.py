@@ -1,0 +1,76 @@
+import csv
+import io
+import json
+
+import pytest
+
+from conftest import run_cli, write_pngs
+
+
+@pytest.fixture(scope="module")
+def mnist_pngs(tmp_path_factory):
+    from imgtrain import load_dataset
+
+    ds = load_dataset("mnist", val_split=0, test_limit=40)
+    folder = tmp_path_factory.mktemp("pngs")
+    write_pngs(folder, ds.test.x, ds.test.y, [str(i) for i in range(10)])
+    return folder, ds.test.y
+
+
+def test_evaluate_prints_a_table_and_writes_json(mnist_run):
+    out, _ = mnist_run
+    proc = run_cli("evaluate", out)
+    assert "accuracy" in proc.stdout and "confusion matrix" in proc.stdout and "precision" in proc.stdout
+    result = json.loads((out / "evaluation-test.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert result["accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-9)
+    assert len(result["confusion"]) == 10 and sum(map(sum, result["confusion"])) == 10000
+    assert set(result["per_class"]["7"]) == {"precision", "recall", "f1", "support"}
+    proc = run_cli("evaluate", out / "best.keras", "--dataset", "mnist", "--split", "train", "--format", "json")
+    assert json.loads(proc.stdout)["n"] == 60000, "a bare model file evaluates on the whole split"
+
+
+def test_predict_names_classes_in_three_formats(mnist_run, mnist_pngs):
+    out, _ = mnist_run
+    folder, labels = mnist_pngs
+    rows = json.loads(run_cli("predict", out, folder, "--format", "json", "--top-k", "2").stdout)
+    assert len(rows) == 40 and all(len(r["top"]) == 2 for r in rows)
+    truth = {f"{i:05d}.png": str(y) for i, y in enumerate(labels)}
+    right = sum(r["top"][0]["class"] == truth[r["file"].rsplit("/", 1)[1]] for r in rows)
+    assert right >= 38
+    assert all(r["top"][0]["probability"] >= r["top"][1]["probability"] for r in rows)
+    table = run_cli("predict", out / "best.keras", folder / "7" / next(iter(sorted(p.name for p in (folder / "7").iterdir())))).stdout
+    assert "rank" in table and "probability" in table
+    parsed = list(csv.DictReader(io.StringIO(run_cli("predict", out, folder, "--format", "csv", "-k", "1").stdout)))
+    assert len(parsed) == 40 and set(parsed[0]) == {"file", "rank", "class", "index", "probability", "error"}
+
+
+@pytest.mark.parametrize("args, expect", [
+    (["train", "--dataset", "mnsit"], "error: unknown dataset 'mnsit'; known: cifar10[:PATH], csv:FILE, fashion_mnist, folder:PATH, mnist"),
+    (["train", "--model", "cnn_bm"], "error: unknown model 'cnn_bm'; known: cnn3, cnn_bn, cnn_small, mlp"),
+    (["train", "--epochs", "-2"], "error: config epochs: Input should be greater than 0 (got -2)"),
+    (["train", "--optimizer", "adamax"], "error: config optimizer: Input should be 'adam', 'adamw', 'sgd' or 'rmsprop'"),
+    (["train", "--set", "epochz=3"], "error: unknown config key 'epochz'; valid keys: dataset, model"),
+    (["train", "--backend", "theano"], "error: config backend: Input should be 'tensorflow', 'jax' or 'torch'"),
+    (["evaluate", "no/such/run"], "error: no/such/run: no such run directory or model file"),
+    (["predict", "no/such/model.keras", "x.png"], "error: no/such/model.keras: no such run directory or model file"),
+])
+def test_bad_input_is_one_line_and_exits_nonzero(args, expect, tmp_path):
+    proc = run_cli(*args, "--out", tmp_path / "r", check=False) if args[0] == "train" else run_cli(*args, check=False)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(expect), proc.stderr
+    assert not (tmp_path / "r").exists(), "nothing is written for a refused run"
+
+
+def test_bad_config_file_value(tmp_path):
+    (tmp_path / "c.yaml").write_text("dataset: mnist\nbatch_size: lots\n")
+    proc = run_cli("train", "--config", tmp_path / "c.yaml", check=False)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: config batch_size: Input should be a valid integer")
+
+
+def test_listings():
+    datasets = run_cli("datasets").stdout
+    assert "fashion_mnist" in datasets and "folder:PATH" in datasets and "offline:" in datasets
+    models = run_cli("models").stdout
+    assert "cnn_bn" in models and "102,730" in models and "824,458" in models

@@ -1,0 +1,48 @@
+import numpy as np
+import pytest
+
+from imgtrain.errors import ConfigError, UnknownName
+from imgtrain.models import MODELS, build_model
+
+# the input shapes the registered datasets produce: mnist/fashion_mnist, cifar10, a colour folder of odd size
+SHAPES = [(28, 28, 1), (32, 32, 3), (48, 40, 3)]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("name", MODELS.names())
+def test_every_model_trains_a_step_on_every_shape(name, shape):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = build_model(name, shape, 5)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (8, *shape)).astype(np.uint8)
+    y = rng.integers(0, 5, 8)
+    before = [w.copy() for w in model.get_weights()]
+    loss = model.train_on_batch(x, y)
+    assert np.isfinite(loss)
+    assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights())), "weights moved"
+    probs = model.predict(x, verbose=0)
+    assert probs.shape == (8, 5) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
+
+
+def test_seed_architectures_have_the_seeds_parameter_counts():
+    assert build_model("cnn_small", (28, 28, 1), 10).count_params() == 824_458  # seed 000
+    assert build_model("cnn_bn", (28, 28, 1), 10).count_params() == 102_730  # seed 004, Fashion-MNIST head
+    assert build_model("mlp", (28, 28, 1), 10).count_params() == 101_770  # seed 003: 784-128-10
+    assert build_model("mlp", (28, 28, 1), 10, width=100, activation="sigmoid", dropout=0).count_params() == 79_510
+
+
+def test_unknown_model_and_option_are_one_line_errors():
+    with pytest.raises(UnknownName, match=r"unknown model 'cnn_bm'; known: cnn3, cnn_bn, cnn_small, mlp"):
+        build_model("cnn_bm")
+    with pytest.raises(ConfigError, match=r"model 'mlp' has no option 'widht'; options: width, depth"):
+        build_model("mlp", widht=3)
+
+
+def test_augmentation_is_inside_the_model_and_off_at_inference():
+    model = build_model("cnn_small", (28, 28, 1), 10, augment="shift")
+    x = np.random.default_rng(0).integers(0, 256, (4, 28, 28, 1)).astype("float32")
+    assert np.allclose(model.predict(x, verbose=0), model.predict(x, verbose=0))
+    assert any("random_translation" in layer.name for layer in model.layers)
