@@ -128,6 +128,9 @@ def predict(
         raise ImgtrainError(f"unknown format {fmt!r}; valid: table, csv, json")
     if top_k < 1:
         raise ImgtrainError(f"--top-k must be at least 1 (got {top_k})")
+    from .saving import resolve_model_path
+
+    resolve_model_path(model_path)  # a wrong model path is reported before anything else
     from .backend import use_backend
 
     use_backend(_run_config(model_path).get("backend", "tensorflow"))

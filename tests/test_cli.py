@@ -26,8 +26,15 @@ def test_evaluate_prints_a_table_and_writes_json(mnist_run):
     assert result["accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-9)
     assert len(result["confusion"]) == 10 and sum(map(sum, result["confusion"])) == 10000
     assert set(result["per_class"]["7"]) == {"precision", "recall", "f1", "support"}
-    proc = run_cli("evaluate", out / "best.keras", "--dataset", "mnist", "--split", "train", "--format", "json")
-    assert json.loads(proc.stdout)["n"] == 60000, "a bare model file evaluates on the whole split"
+    proc = run_cli("evaluate", out, "--split", "val", "--format", "json")
+    assert json.loads(proc.stdout)["n"] == 6000, "the run's own validation split, re-made from its seed"
+
+
+def test_a_model_file_alone_carries_its_classes_and_dataset(mnist_run, tmp_path):
+    out, _ = mnist_run
+    (tmp_path / "model.keras").write_bytes((out / "best.keras").read_bytes())
+    result = json.loads(run_cli("evaluate", tmp_path / "model.keras", "--format", "json").stdout)
+    assert result["dataset"] == "mnist" and result["n"] == 10000 and result["class_names"][3] == "3"
 
 
 def test_predict_names_classes_in_three_formats(mnist_run, mnist_pngs):
