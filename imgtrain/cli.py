@@ -30,6 +30,7 @@ def train(
     out: Optional[str] = typer.Option(None, "--out", "-o", help="run directory (default runs/<dataset>-<model>-<time>)"),
     train_limit: Optional[int] = typer.Option(None, "--train-limit", help="use at most N training images"),
     set_: List[str] = typer.Option([], "--set", help="KEY=VALUE for any config key, e.g. model_options.dense=512"),
+    no_report: bool = typer.Option(False, "--no-report", help="skip the plots and report.html"),
 ):
     """Train a model; writes a run directory with config, history, checkpoints and test metrics."""
     from .backend import use_backend
@@ -37,7 +38,7 @@ def train(
 
     flags = dict(dataset=dataset, model=model, epochs=epochs, batch_size=batch_size, learning_rate=lr,
                  optimizer=optimizer, schedule=schedule, augment=augment, seed=seed, backend=backend, out=out,
-                 train_limit=train_limit)
+                 train_limit=train_limit, report=False if no_report else None)
     cfg = load_config(config, flags, set_)
     use_backend(cfg.backend)
     from .data import parse_name
@@ -52,6 +53,48 @@ def train(
     if "test_accuracy" in m:
         typer.echo(f"test accuracy: {m['test_accuracy']:.4f}   test loss: {m['test_loss']:.4f}   "
                    f"({m['test_images']} test images, best epoch {m.get('best_epoch', '-')}/{m['epochs_run']})")
+    if (result.run_dir / "report.html").is_file():
+        typer.echo(f"report: {result.run_dir / 'report.html'}")
+
+
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="a run directory")):
+    """(Re)write the plots and report.html of a run."""
+    from .report import read_run, write_report
+
+    run = read_run(run_dir)
+    from .backend import use_backend
+
+    use_backend(run.config.get("backend", "tensorflow"))
+    typer.echo(f"report: {write_report(run_dir)}")
+
+
+runs_app = typer.Typer(help="Past runs: list them, compare them.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
+
+
+@runs_app.command("list")
+def runs_list(folder: Path = typer.Option(Path("runs"), "--dir", help="folder holding run directories")):
+    """A table of the runs under --dir: dataset, model, epochs, best validation and test accuracy, time."""
+    from .runs import find_runs, format_runs
+
+    typer.echo(format_runs(find_runs(folder)))
+
+
+@runs_app.command("compare")
+def runs_compare(
+    run_dirs: List[Path] = typer.Argument(..., help="two or more run directories"),
+    plot: Path = typer.Option(Path("compare.png"), "--plot", help="where to write the curves of all runs"),
+):
+    """Side by side: metrics and the config keys that differ, and all validation curves in one plot."""
+    from .runs import compare_runs
+
+    text, fig = compare_runs(run_dirs)
+    from .saving import atomic_write
+    from .report import png_bytes
+
+    atomic_write(plot, png_bytes(fig))
+    typer.echo(text + f"\n\ncurves: {plot}")
 
 
 def _run_config(target: Path) -> dict:

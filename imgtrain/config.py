@@ -64,6 +64,7 @@ class TrainConfig(BaseModel):
                           "CNNs on CPU (Keras 3.15 + TF 2.21, seed 000 CNN: 4,573 vs 2,912 img/s), Keras' 'auto' on JAX/torch")
     tensorboard: bool = Field(True, description="write TensorBoard logs under RUN_DIR/tensorboard")
     save_h5: bool = Field(False, description="also write the legacy best.h5")
+    report: bool = Field(True, description="write the plots and report.html at the end of the run")
 
     # run
     seed: int = Field(0, ge=0, description="seeds Python, NumPy and the backend")

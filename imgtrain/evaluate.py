@@ -5,10 +5,12 @@ import numpy as np
 from .data.dataset import Split
 
 
-def predict_probs(model, split: Split, batch_size: int = 512, skipped: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(probabilities (n, classes), labels (n,)) for a split; streamed splits drop files that fail to decode."""
+def predict_probs(model, split: Split, batch_size: int = 512,
+                  skipped: dict | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(probabilities (n, classes), labels (n,), positions in the split (n,)). Streamed splits drop files that
+    fail to decode, so `positions` says which image each row belongs to."""
     if split.in_memory:
-        return model.predict(split.x, batch_size=batch_size, verbose=0), split.y
+        return model.predict(split.x, batch_size=batch_size, verbose=0), split.y, np.arange(len(split))
     from .data.stream import ImageBatches
 
     skipped = skipped if skipped is not None else {}
@@ -16,8 +18,8 @@ def predict_probs(model, split: Split, batch_size: int = 512, skipped: dict | No
     probs = model.predict(ImageBatches(split, model.input_shape[1:], batch_size, labels=False, skipped=skipped),
                           verbose=0)
     bad = set(skipped) - before
-    y = np.array([label for p, label in zip(split.paths, split.y) if p not in bad], np.int64)
-    return probs, y
+    keep = np.array([i for i, p in enumerate(split.paths) if p not in bad], np.int64)
+    return probs, split.y[keep], keep
 
 
 def metrics_from_probs(probs: np.ndarray, y: np.ndarray, class_names: list[str]) -> dict:
@@ -40,7 +42,7 @@ def metrics_from_probs(probs: np.ndarray, y: np.ndarray, class_names: list[str])
 
 
 def evaluate(model, split: Split, class_names: list[str], batch_size: int = 512) -> dict:
-    probs, y = predict_probs(model, split, batch_size)
+    probs, y, _ = predict_probs(model, split, batch_size)
     return metrics_from_probs(probs, y, class_names)
 
 

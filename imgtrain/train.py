@@ -2,10 +2,12 @@
 
 A run directory holds: config.yaml (resolved config), run.json (versions, data summary and hash, timings,
 status), history.csv, train.log, best.keras / last.keras (+ best.weights.h5, best.h5 when asked), metrics.json
-(test metrics of the best model) and tensorboard/.
+(test metrics of the best model), predictions-test.npz, tensorboard/, and the report: report.html with
+curves.png, samples.png, confusion.png, misclassified.png, per_class.png.
 """
 from __future__ import annotations
 
+import io
 import logging
 import math
 import sys
@@ -141,7 +143,8 @@ def _fit_and_score(cfg: TrainConfig, ds, model, run_dir: Path, log: logging.Logg
     import keras
 
     from .callbacks import BestCheckpoint, EpochStats, LastCheckpoint
-    from .evaluate import evaluate
+    from .evaluate import metrics_from_probs, predict_probs
+    from .report import PREDICTIONS
     from .saving import save_model
     from .schedules import make_optimizer
 
@@ -206,7 +209,11 @@ def _fit_and_score(cfg: TrainConfig, ds, model, run_dir: Path, log: logging.Logg
         save_model(best, run_dir / "best.h5", meta)
     metrics = {}
     if ds.test is not None and len(ds.test):
-        result = evaluate(best, ds.test, ds.class_names, batch_size=max(cfg.batch_size, 256))
+        probs, y_test, positions = predict_probs(best, ds.test, batch_size=max(cfg.batch_size, 256), skipped=skipped)
+        buf = io.BytesIO()
+        np.savez(buf, probs=probs, y=y_test, positions=positions)
+        atomic_write(run_dir / PREDICTIONS, buf.getvalue())
+        result = metrics_from_probs(probs, y_test, ds.class_names)
         metrics = {"test_accuracy": result["accuracy"], "test_loss": result["loss"], "test_macro_f1": result["macro_f1"],
                    "test_images": result["n"], "test": result}
     hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
@@ -225,4 +232,10 @@ def _fit_and_score(cfg: TrainConfig, ds, model, run_dir: Path, log: logging.Logg
                              "train_images_per_s": len(ds.train) * metrics["epochs_run"] / max(t_fit - t_data, 1e-9)})
     atomic_write_json(run_dir / "run.json", run_info)
     log.info("done: %s", {k: v for k, v in metrics.items() if k != "test"})
+    if cfg.report:
+        from .report import write_report
+
+        t_report = time.perf_counter()
+        write_report(run_dir, ds)
+        log.info("report written in %.1f s: %s", time.perf_counter() - t_report, run_dir / "report.html")
     return RunResult(run_dir, best, hist, metrics)

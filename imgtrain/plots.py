@@ -1,0 +1,142 @@
+"""Figures of a run: curves, sample images, confusion matrix, top losses, per-class scores.
+
+Each function returns a `matplotlib.figure.Figure` built without pyplot, so nothing changes the user's
+matplotlib backend: a notebook shows the figure, the report saves it as PNG.
+"""
+from __future__ import annotations
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+
+def _grid(n: int, cols: int) -> tuple[int, int]:
+    cols = max(1, min(cols, n))
+    return (n + cols - 1) // cols, cols
+
+
+def _show(ax, img: np.ndarray) -> None:
+    ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None,
+              vmin=0, vmax=255)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def curves(history: dict[str, list[float]], title: str = "") -> Figure:
+    """Loss and accuracy per epoch, train against validation; learning rate on a second axis of the loss plot."""
+    fig = Figure(figsize=(11, 4), layout="constrained")
+    epochs = np.arange(1, len(next(iter(history.values()), [])) + 1)
+    for ax, key in zip(fig.subplots(1, 2), ("loss", "accuracy")):
+        for name, style in ((key, "-o"), (f"val_{key}", "-s")):
+            if name in history:
+                ax.plot(epochs, history[name], style, ms=3, label="train" if name == key else "validation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(key)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        if key == "loss" and "learning_rate" in history:
+            lr_ax = ax.twinx()
+            lr_ax.plot(epochs, history["learning_rate"], ":", color="gray", label="learning rate")
+            lr_ax.set_ylabel("learning rate", color="gray")
+            lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+            lines = ax.get_legend_handles_labels()[0] + lr_ax.get_legend_handles_labels()[0]
+            ax.legend(lines, [l.get_label() for l in lines], loc="upper right")
+        else:
+            ax.legend(loc="lower right")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def samples(x: np.ndarray, y: np.ndarray, class_names: list[str], n: int = 30, cols: int = 10,
+            seed: int = 0) -> Figure:
+    """A grid of `n` random images, titled with their class."""
+    idx = np.random.default_rng(seed).choice(len(x), size=min(n, len(x)), replace=False)
+    rows, cols = _grid(len(idx), cols)
+    fig = Figure(figsize=(1.3 * cols, 1.5 * rows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    for ax, i in zip(axes, idx):
+        _show(ax, x[i])
+        ax.set_title(class_names[y[i]], fontsize=8)
+    for ax in axes[len(idx):]:
+        ax.axis("off")
+    return fig
+
+
+def confusion(matrix, class_names: list[str]) -> Figure:
+    """The confusion matrix normalised by true class (each row sums to 1), class names on both axes."""
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    m = np.asarray(matrix, dtype=float)
+    norm = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
+    size = max(5.0, 0.55 * len(class_names) + 2)
+    fig = Figure(figsize=(size + 1, size), layout="constrained")
+    ax = fig.subplots()
+    ConfusionMatrixDisplay(norm, display_labels=class_names).plot(
+        ax=ax, cmap="Blues", values_format=".2f", xticks_rotation=45, colorbar=True)
+    if len(class_names) > 20:  # numbers in cells become unreadable
+        for t in ax.texts:
+            t.set_visible(False)
+    ax.set_title("confusion matrix (rows: true class, normalised)")
+    return fig
+
+
+def top_losses(probs: np.ndarray, y: np.ndarray, n: int = 24) -> np.ndarray:
+    """Indices of the `n` misclassified images with the highest loss (lowest probability on the true class)."""
+    wrong = np.flatnonzero(probs.argmax(axis=1) != y)
+    true_p = probs[wrong, y[wrong]]
+    return wrong[np.argsort(true_p, kind="stable")][:n]
+
+
+def misclassified(x: np.ndarray, y: np.ndarray, probs: np.ndarray, class_names: list[str], n: int = 24,
+                  cols: int = 8) -> Figure:
+    """The highest-loss misclassified images, titled 'label : true, pred : predicted (confidence)'."""
+    idx = top_losses(probs, y, n)
+    rows, cols = _grid(max(len(idx), 1), cols)
+    fig = Figure(figsize=(1.9 * cols, 2.1 * rows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    for ax, i in zip(axes, idx):
+        pred = int(probs[i].argmax())
+        _show(ax, x[i])
+        ax.set_title(f"label : {class_names[y[i]]}\npred : {class_names[pred]} ({probs[i, pred]:.2f})", fontsize=7)
+    for ax in axes[len(idx):]:
+        ax.axis("off")
+    if not len(idx):
+        axes[0].text(0.5, 0.5, "no misclassified images", ha="center", va="center")
+    fig.suptitle("top losses: misclassified test images, most confident mistakes first", fontsize=9)
+    return fig
+
+
+def per_class(per_class_metrics: dict[str, dict]) -> Figure:
+    """Precision, recall (the per-class accuracy) and F1 for every class."""
+    names = list(per_class_metrics)
+    fig = Figure(figsize=(max(6.0, 0.7 * len(names) + 2), 4), layout="constrained")
+    ax = fig.subplots()
+    pos = np.arange(len(names))
+    for k, key in enumerate(("precision", "recall", "f1")):
+        ax.bar(pos + (k - 1) * 0.27, [per_class_metrics[c][key] for c in names], width=0.27, label=key)
+    low = min(min(m[k] for k in ("precision", "recall", "f1")) for m in per_class_metrics.values())
+    ax.set_ylim(max(0.0, low - 0.05), 1.0)
+    ax.set_xticks(pos, names, rotation=45, ha="right")
+    ax.set_ylabel("score on the test set")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside the bars it would hide
+    return fig
+
+
+def compare(histories: dict[str, dict[str, list[float]]], key: str = "val_accuracy") -> Figure:
+    """One curve per run for `key` (and the training loss), to compare runs side by side."""
+    fig = Figure(figsize=(11, 4), layout="constrained")
+    ax_acc, ax_loss = fig.subplots(1, 2)
+    for name, h in histories.items():
+        if key in h:
+            ax_acc.plot(np.arange(1, len(h[key]) + 1), h[key], "-o", ms=3, label=name)
+        if "loss" in h:
+            ax_loss.plot(np.arange(1, len(h["loss"]) + 1), h["loss"], "-", label=name)
+    for ax, label in ((ax_acc, key), (ax_loss, "loss")):
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return fig

@@ -1,0 +1,194 @@
+"""The pictures and the HTML report of a run. They only read the run directory (and the data it names).
+
+`write_report(run_dir)` writes curves.png, samples.png, confusion.png, misclassified.png, per_class.png and
+report.html (one self-contained file: images embedded as base64) into the run directory.
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from . import plots
+from .errors import ImgtrainError
+from .saving import atomic_write
+
+FIGURES = ["curves", "samples", "confusion", "misclassified", "per_class"]
+PREDICTIONS = "predictions-test.npz"  # probabilities of the best model on the test set, written by train
+
+
+@dataclass
+class RunRecord:
+    path: Path
+    config: dict
+    info: dict
+    metrics: dict = field(default_factory=dict)
+    history: dict[str, list[float]] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def read_history(path: Path) -> dict[str, list[float]]:
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    keys = [k for k in (rows[0] if rows else {}) if k != "epoch"]
+    return {k: [float(r[k]) if r[k] not in ("", None) else float("nan") for r in rows] for k in keys}
+
+
+def read_run(run_dir: str | Path) -> RunRecord:
+    path = Path(run_dir)
+    if not (path / "run.json").is_file():
+        raise ImgtrainError(f"{path}: not a run directory (no run.json)")
+    read_json = lambda name: json.loads((path / name).read_text()) if (path / name).is_file() else {}
+    config = yaml.safe_load((path / "config.yaml").read_text()) if (path / "config.yaml").is_file() else {}
+    return RunRecord(path, config or {}, read_json("run.json"), read_json("metrics.json"),
+                     read_history(path / "history.csv"))
+
+
+def images_of(split, idx: np.ndarray, shape) -> np.ndarray:
+    """uint8 images at positions `idx` of a split, decoding files for streamed splits."""
+    if split.in_memory:
+        return split.x[idx]
+    from .data.images import decode
+
+    return np.stack([decode(split.paths[i], shape[:2], shape[2]) for i in idx]) if len(idx) else \
+        np.zeros((0, *shape), np.uint8)
+
+
+def _dataset_of(run: RunRecord):
+    from .data import load_dataset
+
+    c = run.config
+    return load_dataset(c["dataset"], val_split=c.get("val_split", 0.1), test_split=c.get("test_split", 0.1),
+                        seed=c.get("seed", 0), image_size=c.get("image_size"), channels=c.get("channels"),
+                        train_limit=c.get("train_limit"), test_limit=c.get("test_limit"), stream=c.get("stream"))
+
+
+def _predictions(run: RunRecord, ds):
+    """(probs, y, positions) of the best model on the test split, from the run directory or computed anew."""
+    saved = run.path / PREDICTIONS
+    if saved.is_file():
+        with np.load(saved, allow_pickle=False) as z:
+            return z["probs"], z["y"], z["positions"]
+    from .backend import use_backend
+
+    use_backend(run.config.get("backend", "tensorflow"))
+    from .evaluate import predict_probs
+    from .saving import load_model
+
+    model, _ = load_model(run.path)
+    return predict_probs(model, ds.test)
+
+
+def make_figures(run_dir: str | Path, ds=None) -> dict:
+    """{name: matplotlib Figure} for a run directory; `ds` saves reloading the data when the caller has it."""
+    run = read_run(run_dir)
+    ds = ds if ds is not None else _dataset_of(run)
+    shape = tuple(ds.input_shape)
+    names = ds.class_names
+    figs = {"curves": plots.curves(run.history, title=f"{run.name}: {run.config.get('model')} on "
+                                                      f"{run.config.get('dataset')}")}
+    pick = np.random.default_rng(0).choice(len(ds.train), size=min(30, len(ds.train)), replace=False)
+    figs["samples"] = plots.samples(images_of(ds.train, pick, shape), ds.train.y[pick], names)
+    if ds.test is not None and len(ds.test):
+        from .evaluate import metrics_from_probs
+
+        probs, y, pos = _predictions(run, ds)
+        result = run.metrics.get("test") or metrics_from_probs(probs, y, names)
+        figs["confusion"] = plots.confusion(result["confusion"], names)
+        figs["per_class"] = plots.per_class(result["per_class"])
+        worst = plots.top_losses(probs, y, 24)
+        # the grid is drawn from just the chosen images, re-indexed 0..n-1
+        figs["misclassified"] = plots.misclassified(images_of(ds.test, pos[worst], shape), y[worst], probs[worst],
+                                                    names, n=len(worst))
+    return figs
+
+
+def png_bytes(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return buf.getvalue()
+
+
+def _table(rows, header=None, cls="") -> str:
+    esc = lambda v: html.escape(f"{v:.4f}" if isinstance(v, float) else str(v))
+    head = "<tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>" if header else ""
+    body = "".join("<tr>" + "".join(f"<td>{esc(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f'<table class="{cls}">{head}{body}</table>'
+
+
+CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1150px;color:#222;padding:0 1em}
+h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ddd;padding:.25em .6em;text-align:right}
+th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}img{max-width:100%;display:block;margin:.5em 0}
+.headline{font-size:1.2em}.muted{color:#777}"""
+
+
+def render_html(run: RunRecord, pngs: dict[str, bytes]) -> str:
+    m, info, data = run.metrics, run.info, run.info.get("data", {})
+    test = m.get("test", {})
+    img = lambda name: (f'<img id="{name}" alt="{name}" src="data:image/png;base64,'
+                        f'{base64.b64encode(pngs[name]).decode()}">' if name in pngs else "")
+    headline = [("test accuracy", m.get("test_accuracy", "-")), ("test loss", m.get("test_loss", "-")),
+                ("test macro F1", m.get("test_macro_f1", "-")), ("test images", m.get("test_images", "-")),
+                ("best epoch", f"{m.get('best_epoch', '-')} of {m.get('epochs_run', '-')}"),
+                ("best validation accuracy", m.get("best_val_accuracy", "-")),
+                ("parameters", f"{info.get('params', 0):,}")]
+    per_class = [(c, v["precision"], v["recall"], v["f1"], v["support"]) for c, v in test.get("per_class", {}).items()]
+    counts = data.get("counts", {})
+    count_rows = [(c, *[(counts.get(s) or [None] * len(data.get("class_names", [])))[i] or 0
+                        for s in ("train", "val", "test")]) for i, c in enumerate(data.get("class_names", []))]
+    skipped = data.get("skipped_files", {})
+    timings = [(k, f"{v:,.1f}") for k, v in info.get("timings", {}).items()]
+    hist_keys = list(run.history)
+    hist_rows = [(i + 1, *[run.history[k][i] for k in hist_keys]) for i in range(len(next(iter(run.history.values()), [])))]
+    parts = [
+        f"<!doctype html><html lang=en><head><meta charset=utf-8><title>imgtrain report: {html.escape(run.name)}</title>"
+        f"<style>{CSS}</style></head><body>",
+        f"<h1>{html.escape(run.name)}</h1><p class=headline>{html.escape(str(run.config.get('model')))} on "
+        f"{html.escape(str(run.config.get('dataset')))} · status {html.escape(str(info.get('status')))} · "
+        f"started {html.escape(str(info.get('started', '-')))}</p>",
+        '<h2>Metrics</h2>', _table(headline, cls="metrics"),
+        "<h2>Training curves</h2>", img("curves"),
+        "<h2>Per class</h2>", img("per_class"),
+        _table(per_class, ["class", "precision", "recall", "F1", "support"], cls="per-class"),
+        "<h2>Confusion matrix</h2>", img("confusion"),
+        "<h2>Top losses</h2>", img("misclassified"),
+        "<h2>Data</h2>",
+        _table([("dataset", data.get("name")), ("source", data.get("source")), ("sha256", data.get("hash")),
+                ("input shape", data.get("input_shape")), ("streamed", data.get("streamed")),
+                ("skipped files", data.get("skipped", 0))]),
+        _table(count_rows, ["class", "train", "val", "test"], cls="counts"),
+        "".join(f"<p class=muted>{html.escape(n)}</p>" for n in data.get("notes", [])),
+        (_table(list(skipped.items())[:100], ["skipped file", "reason"], cls="skipped") if skipped else ""),
+        img("samples"),
+        "<h2>History</h2>", _table(hist_rows, ["epoch", *hist_keys], cls="history"),
+        "<h2>Timings (seconds)</h2>", _table(timings),
+        "<h2>Config</h2>", _table([(k, json.dumps(v)) for k, v in run.config.items()], cls="config"),
+        "<h2>Versions</h2>", _table(list(info.get("versions", {}).items())),
+        "</body></html>",
+    ]
+    return "\n".join(parts)
+
+
+def write_report(run_dir: str | Path, ds=None) -> Path:
+    """Write the PNGs and report.html into `run_dir`; returns the path of report.html."""
+    run_dir = Path(run_dir)
+    figs = make_figures(run_dir, ds)
+    pngs = {name: png_bytes(fig) for name, fig in figs.items()}
+    for name, data in pngs.items():
+        atomic_write(run_dir / f"{name}.png", data)
+    out = run_dir / "report.html"
+    atomic_write(out, render_html(read_run(run_dir), pngs))
+    return out
