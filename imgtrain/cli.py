@@ -221,6 +221,57 @@ def models():
         typer.echo(f"{name:<12} {small:>15,} {colour:>15,}  {about}")
 
 
+@app.command("export")
+def export_model(
+    target: Path = typer.Argument(..., help="run directory or model file"),
+    fmt: str = typer.Option("onnx", "--format", "-f", help="keras, savedmodel, onnx or tflite"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="folder (default RUN_DIR/export)"),
+    check: int = typer.Option(256, "--check", help="real test images to compare with Keras; 0 skips the check"),
+):
+    """Export a model for another runtime, checked against Keras, with a preprocessing JSON beside it."""
+    from .export import FORMATS
+
+    if fmt not in FORMATS:
+        raise ImgtrainError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
+    from .backend import use_backend
+
+    use_backend("tensorflow")  # the exporters (SavedModel, tf2onnx, LiteRT) need TensorFlow
+    from .export import export
+
+    info = export(target, fmt, out, check)
+    typer.echo(f"{info['format']}: {info['path']}")
+    if info["checked_images"]:
+        typer.echo(f"checked on {info['checked_images']} test images: max |difference| {info['max_abs_diff']:.2e}, "
+                   f"top-1 agreement {info['top1_agreement']:.4f}")
+    typer.echo(f"preprocessing: {info['path']}.preprocessing.json")
+
+
+@app.command()
+def serve(
+    target: Path = typer.Argument(..., help="run directory or model file"),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8000, "--port"),
+    top_k: int = typer.Option(3, "--top-k", "-k"),
+    max_upload_mb: float = typer.Option(10.0, "--max-upload-mb", help="largest accepted file"),
+    max_files: int = typer.Option(16, "--max-files", help="most images in one request"),
+    max_pixels: int = typer.Option(40_000_000, "--max-pixels", help="largest accepted width x height"),
+):
+    """Serve predictions over HTTP: POST /predict, GET /health, GET /model, an upload page at /, docs at /docs."""
+    from .saving import resolve_model_path
+
+    resolve_model_path(target)
+    from .backend import use_backend
+
+    use_backend(_run_config(target).get("backend", "tensorflow"))
+    import uvicorn
+
+    from .serve import create_app
+
+    application = create_app(target, top_k=top_k, max_upload_mb=max_upload_mb, max_files=max_files,
+                             max_pixels=max_pixels)
+    uvicorn.run(application, host=host, port=port, log_level="warning")
+
+
 @app.command("config")
 def config_keys():
     """Print every config key with its type, default and meaning (Markdown)."""

@@ -1,0 +1,4 @@
+"""Serving a trained model over HTTP (`imgtrain serve`)."""
+from .app import create_app
+
+__all__ = ["create_app"]

@@ -1,0 +1,103 @@
+"""The prediction server: FastAPI on uvicorn.
+
+POST /predict (multipart, field `files`, one or more images) -> top-k classes per image; GET /health; GET /model;
+GET / (the upload page); OpenAPI docs at /docs. Bad uploads get a JSON error with a 4xx status, never a 500.
+"""
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import numpy as np
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..data.images import DECODE_ERRORS, decode, peek
+from .batcher import Batcher
+from .page import PAGE
+
+
+def _image(data: bytes, name: str, shape, max_pixels: int) -> np.ndarray:
+    import io
+
+    try:
+        (h, w), _ = peek(io.BytesIO(data))
+    except DECODE_ERRORS as err:
+        raise HTTPException(415, f"{name}: not an image this server can read ({type(err).__name__})") from None
+    if h * w > max_pixels:
+        raise HTTPException(413, f"{name}: {w}x{h} pixels is over the limit of {max_pixels:,}")
+    try:
+        return decode(data, shape[:2], shape[2])
+    except DECODE_ERRORS as err:
+        raise HTTPException(415, f"{name}: cannot decode the image ({type(err).__name__}: "
+                                 f"{str(err).splitlines()[0][:120]})") from None
+
+
+def create_app(target: str | Path, *, top_k: int = 3, max_upload_mb: float = 10.0, max_files: int = 16,
+               max_pixels: int = 40_000_000, max_batch: int = 64) -> FastAPI:
+    from ..export import preprocessing
+    from ..saving import load_model, resolve_model_path
+
+    path = resolve_model_path(target)
+    model, meta = load_model(path)
+    names = list(meta["class_names"])
+    shape = tuple(int(d) for d in model.input_shape[1:])
+    metrics_file = path.parent / "metrics.json"
+    metrics = {k: v for k, v in json.loads(metrics_file.read_text()).items() if k != "test"} \
+        if metrics_file.is_file() else {}
+    max_bytes = int(max_upload_mb * 2**20)
+    model.predict_on_batch(np.zeros((1, *shape), np.float32))  # build the predict function before serving
+    batcher = Batcher(lambda x: np.asarray(model.predict_on_batch(x.astype(np.float32))), max_batch=max_batch)
+    title = f"{meta.get('model', 'model')} · {meta.get('dataset', path.name)}"
+
+    app = FastAPI(title="imgtrain", description=f"Image classifier {title}: {len(names)} classes.")
+    app.state.batcher = batcher
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page() -> str:
+        return PAGE.replace("__TITLE__", html.escape(title)).replace("__CLASSES__", html.escape(", ".join(names)))
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"status": "ok", "requests": batcher.requests, "model_calls": batcher.batches}
+
+    @app.get("/model")
+    def model_info() -> dict:
+        return {"model": str(path), "class_names": names, "input_shape": list(shape), "metrics": metrics,
+                "preprocessing": preprocessing(model, meta), "limits": {
+                    "max_upload_mb": max_upload_mb, "max_files": max_files, "max_pixels": max_pixels}}
+
+    @app.post("/predict")
+    async def predict(request: Request, k: int = top_k) -> dict:
+        """Top-k classes for each uploaded image (multipart form, field name `files`)."""
+        size = int(request.headers.get("content-length") or 0)
+        if size > max_bytes * max_files + 65536:
+            raise HTTPException(413, f"upload of {size:,} bytes is over the limit of {max_upload_mb:g} MiB a file")
+        try:
+            form = await request.form(max_files=max_files, max_fields=max_files + 8)
+        except StarletteHTTPException as err:  # Starlette's own limits ("Too many files. Maximum number ...")
+            raise HTTPException(400, f"bad multipart upload: {err.detail}") from None
+        except Exception as err:  # a body that is not valid multipart
+            raise HTTPException(400, f"bad multipart upload: {type(err).__name__}: {err}") from None
+        files = [f for f in form.getlist("files") if hasattr(f, "read")]
+        if not files:
+            raise HTTPException(400, "no files: send images as multipart form field 'files'")
+        images = []
+        for f in files:
+            data = await f.read(max_bytes + 1)
+            if len(data) > max_bytes:
+                raise HTTPException(413, f"{f.filename}: over the limit of {max_upload_mb:g} MiB")
+            images.append(await run_in_threadpool(_image, data, f.filename or "file", shape, max_pixels))
+        probs = await batcher(np.stack(images))
+        k = max(1, min(k, len(names)))
+        out = []
+        for f, p in zip(files, probs):
+            best = np.argsort(-p)[:k]
+            out.append({"file": f.filename, "top": [{"class": names[i], "index": int(i),
+                                                     "probability": float(p[i])} for i in best]})
+        return {"predictions": out}
+
+    return app
