@@ -255,6 +255,7 @@ def serve(
     max_upload_mb: float = typer.Option(10.0, "--max-upload-mb", help="largest accepted file"),
     max_files: int = typer.Option(16, "--max-files", help="most images in one request"),
     max_pixels: int = typer.Option(40_000_000, "--max-pixels", help="largest accepted width x height"),
+    max_batch: int = typer.Option(64, "--max-batch", help="most images per model call when requests are batched"),
 ):
     """Serve predictions over HTTP: POST /predict, GET /health, GET /model, an upload page at /, docs at /docs."""
     from .saving import resolve_model_path
@@ -268,7 +269,7 @@ def serve(
     from .serve import create_app
 
     application = create_app(target, top_k=top_k, max_upload_mb=max_upload_mb, max_files=max_files,
-                             max_pixels=max_pixels)
+                             max_pixels=max_pixels, max_batch=max_batch)
     uvicorn.run(application, host=host, port=port, log_level="warning")
 
 

@@ -127,9 +127,10 @@ def train(config: TrainConfig | dict | str | Path | None = None, **overrides) ->
                       image_size=cfg.image_size, channels=cfg.channels, train_limit=cfg.train_limit,
                       test_limit=cfg.test_limit, stream=cfg.stream)
     model = build_model(cfg.model, ds.input_shape, ds.num_classes, augment=cfg.augment, **cfg.model_options)
+    weights = class_weights(cfg.class_weight, ds)  # checked before anything is written
     log = run_logger(make_run_dir(run_dir))
     try:
-        return _fit_and_score(cfg, ds, model, run_dir, log, t_start)
+        return _fit_and_score(cfg, ds, model, weights, run_dir, log, t_start)
     except BaseException as err:
         log.error("stopped by %s: %s", type(err).__name__, err)
         raise
@@ -139,7 +140,8 @@ def train(config: TrainConfig | dict | str | Path | None = None, **overrides) ->
         log.handlers.clear()
 
 
-def _fit_and_score(cfg: TrainConfig, ds, model, run_dir: Path, log: logging.Logger, t_start: float) -> RunResult:
+def _fit_and_score(cfg: TrainConfig, ds, model, weights, run_dir: Path, log: logging.Logger,
+                   t_start: float) -> RunResult:
     import keras
 
     from .callbacks import BestCheckpoint, EpochStats, LastCheckpoint
@@ -196,7 +198,7 @@ def _fit_and_score(cfg: TrainConfig, ds, model, run_dir: Path, log: logging.Logg
         val = (vx, vy) if vy is not None else vx
     fit_kw = {"batch_size": cfg.batch_size} if y is not None else {}
     history = model.fit(x, y, validation_data=val, epochs=cfg.epochs, callbacks=callbacks,
-                        class_weight=class_weights(cfg.class_weight, ds), verbose=progress_mode(cfg), **fit_kw)
+                        class_weight=weights, verbose=progress_mode(cfg), **fit_kw)
     t_fit = time.perf_counter()
 
     best_path = run_dir / "best.keras"

@@ -116,3 +116,20 @@ def test_existing_run_is_never_overwritten(mnist_run):
     proc = run_cli("train", "--dataset", "mnist", "--model", "mlp", "--epochs", "1", "--out", out, check=False)
     assert proc.returncode == 2 and "already holds a run" in proc.stderr
     assert (out / "best.keras").read_bytes() == before
+
+
+def test_plateau_halves_the_learning_rate_and_explicit_class_weights(tmp_path):
+    run = train(dataset="mnist", model="mlp", epochs=3, train_limit=1000, schedule="constant", learning_rate=1e-9,
+                reduce_lr_patience=1, reduce_lr_factor=0.5, min_lr=0.0, class_weight={"0": 2.0, "7": 0.5},
+                out=str(tmp_path / "r"), tensorboard=False, report=False, verbose="quiet")
+    lr = run.history["learning_rate"]  # logged before the plateau callback acts at the end of an epoch
+    assert lr[0] == pytest.approx(1e-9) and lr[2] == pytest.approx(5e-10, rel=1e-3)
+
+
+def test_class_weight_names_must_be_classes(tmp_path):
+    from imgtrain.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="class_weight key 'cat' is not a class; classes: 0, 1, 2"):
+        train(dataset="mnist", model="mlp", epochs=1, train_limit=500, class_weight={"cat": 2.0},
+              out=str(tmp_path / "r"), tensorboard=False, report=False, verbose="quiet")
+    assert not (tmp_path / "r").exists(), "refused before anything was written"

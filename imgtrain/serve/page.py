@@ -5,9 +5,9 @@ PAGE = """<!doctype html>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <style>
 body{font-family:system-ui,sans-serif;max-width:760px;margin:2em auto;padding:0 1em;color:#222}
-#drop{border:2px dashed #999;border-radius:8px;padding:2em;text-align:center;cursor:pointer}
+#drop{display:block;border:2px dashed #999;border-radius:8px;padding:2em;text-align:center;cursor:pointer}
 #drop.over{background:#eef5ff;border-color:#36c}
-#preview{max-width:224px;max-height:224px;image-rendering:pixelated;margin:1em 0;display:none}
+#preview{width:168px;image-rendering:pixelated;margin:1em 0;display:none}
 .bar{display:flex;align-items:center;margin:.3em 0}.bar span{width:10em}
 .bar div{background:#36c;height:1.1em;margin-right:.5em}#error{color:#b00}
 </style></head><body>
