@@ -38,8 +38,8 @@ class TrackBest(keras.callbacks.Callback):
 
     def improved(self, epoch: int, logs) -> bool:
         value = (logs or {}).get(self.monitor)
-        if value is None or not math.isfinite(value):
-            return False
+        if value is None or not math.isfinite(value) or not math.isfinite((logs or {}).get("loss", 0.0)):
+            return False  # a diverged epoch can score a finite accuracy, but it is never "best"
         if self.sign * value > self.best:
             self.best, self.best_epoch = self.sign * value, epoch
             return True
@@ -66,4 +66,6 @@ class LastCheckpoint(keras.callbacks.Callback):
         self.path, self.meta = Path(path), meta
 
     def on_epoch_end(self, epoch, logs=None):
+        if not math.isfinite((logs or {}).get("loss", 0.0)):
+            return  # a diverged model never replaces the last good one
         save_model(self.model, self.path, {**self.meta, "epoch": epoch + 1})

@@ -58,6 +58,36 @@ def train(
 
 
 @app.command()
+def replay(
+    run_dir: Path = typer.Argument(..., help="a finished run directory"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="where the replay goes (default RUN_DIR-replay)"),
+):
+    """Train a run again from its config.yaml and check that weights and test metrics come out identical."""
+    from .report import read_run
+
+    run = read_run(run_dir)
+    if run.info.get("status") != "done" or "weights_sha256" not in run.metrics:
+        raise ImgtrainError(f"{run_dir}: not a finished run with a weights hash to compare (status "
+                            f"{run.info.get('status')!r})")
+    from .backend import use_backend
+    from .config import make_config
+
+    cfg = make_config(**{**run.config, "out": str(out or f"{str(run_dir).rstrip('/')}-replay")})
+    use_backend(cfg.backend)
+    from .train import train as run_training
+
+    again = run_training(cfg).metrics
+    keys = ["weights_sha256", "test_accuracy", "test_loss", "best_val_accuracy", "epochs_run"]
+    differ = [k for k in keys if again.get(k) != run.metrics.get(k)]
+    for k in keys:
+        typer.echo(f"{k:<18} {str(run.metrics.get(k)):<66} {'=' if k not in differ else '≠'} {again.get(k)}")
+    if differ:
+        raise ImgtrainError(f"the replay in {cfg.out} differs in {', '.join(differ)} (same versions? "
+                            f"same data? see run.json of each)")
+    typer.echo(f"identical: {cfg.out}")
+
+
+@app.command()
 def report(run_dir: Path = typer.Argument(..., help="a run directory")):
     """(Re)write the plots and report.html of a run."""
     from .report import read_run, write_report
@@ -138,7 +168,8 @@ def evaluate(
     ds = load_dataset(name, val_split=run_cfg.get("val_split", 0.1), test_split=run_cfg.get("test_split", 0.1),
                       seed=run_cfg.get("seed", 0), image_size=(h, w), channels=c,
                       train_limit=run_cfg.get("train_limit") if same else None,
-                      test_limit=run_cfg.get("test_limit") if same else None)
+                      test_limit=run_cfg.get("test_limit") if same else None,
+                      allow_outside_root=run_cfg.get("allow_outside_root", False) if same else False)
     if ds.num_classes != model.output_shape[-1]:
         raise ImgtrainError(f"dataset {name!r} has {ds.num_classes} classes but the model predicts "
                             f"{model.output_shape[-1]}")

@@ -35,6 +35,7 @@ class TrainConfig(BaseModel):
     train_limit: Optional[int] = Field(None, gt=0, description="use at most this many training images (stratified)")
     test_limit: Optional[int] = Field(None, gt=0, description="use at most this many test images (stratified)")
     stream: Optional[bool] = Field(None, description="decode image files per batch; None: only when they exceed 512 MiB")
+    allow_outside_root: bool = Field(False, description="csv: read paths that lead outside the CSV's folder")
 
     # optimisation
     epochs: int = Field(15, gt=0, description="passes over the training set")

@@ -72,7 +72,8 @@ def _dataset_of(run: RunRecord):
     c = run.config
     return load_dataset(c["dataset"], val_split=c.get("val_split", 0.1), test_split=c.get("test_split", 0.1),
                         seed=c.get("seed", 0), image_size=c.get("image_size"), channels=c.get("channels"),
-                        train_limit=c.get("train_limit"), test_limit=c.get("test_limit"), stream=c.get("stream"))
+                        train_limit=c.get("train_limit"), test_limit=c.get("test_limit"), stream=c.get("stream"),
+                        allow_outside_root=c.get("allow_outside_root", False))
 
 
 def _predictions(run: RunRecord, ds):

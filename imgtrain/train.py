@@ -7,6 +7,7 @@ curves.png, samples.png, confusion.png, misclassified.png, per_class.png.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import math
@@ -70,7 +71,7 @@ def run_logger(run_dir: Path) -> logging.Logger:
     log = logging.getLogger(f"imgtrain.run.{run_dir}")
     log.setLevel(logging.INFO)
     log.propagate = False
-    handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
+    handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8", errors="backslashreplace")  # odd names
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.handlers[:] = [handler]
     return log
@@ -105,6 +106,14 @@ def fit_inputs(split, cfg: TrainConfig, input_shape, onehot: int, shuffle: bool,
                         skipped=skipped), None
 
 
+def weights_hash(model) -> str:
+    """sha256 over every weight's bytes, in layer order: equal hashes mean bit-identical models."""
+    h = hashlib.sha256()
+    for w in model.get_weights():
+        h.update(np.ascontiguousarray(w).tobytes())
+    return h.hexdigest()
+
+
 def progress_mode(cfg: TrainConfig) -> int:
     if cfg.verbose == "auto":
         return 1 if sys.stdout.isatty() else 2
@@ -125,7 +134,10 @@ def train(config: TrainConfig | dict | str | Path | None = None, **overrides) ->
     keras.utils.set_random_seed(cfg.seed)
     ds = load_dataset(cfg.dataset, val_split=cfg.val_split, test_split=cfg.test_split, seed=cfg.seed,
                       image_size=cfg.image_size, channels=cfg.channels, train_limit=cfg.train_limit,
-                      test_limit=cfg.test_limit, stream=cfg.stream)
+                      test_limit=cfg.test_limit, stream=cfg.stream, allow_outside_root=cfg.allow_outside_root)
+    if cfg.batch_size > len(ds.train):
+        raise ConfigError(f"batch_size {cfg.batch_size} is larger than the {len(ds.train)} training images; "
+                          f"use at most {len(ds.train)}")
     model = build_model(cfg.model, ds.input_shape, ds.num_classes, augment=cfg.augment, **cfg.model_options)
     weights = class_weights(cfg.class_weight, ds)  # checked before anything is written
     log = run_logger(make_run_dir(run_dir))
@@ -177,7 +189,7 @@ def _fit_and_score(cfg: TrainConfig, ds, model, weights, run_dir: Path, log: log
     atomic_write(run_dir / "config.yaml", save_config(cfg))
     atomic_write_json(run_dir / "run.json", run_info)
 
-    callbacks = [EpochStats(),
+    callbacks = [keras.callbacks.TerminateOnNaN(), EpochStats(),
                  BestCheckpoint(run_dir / "best.keras", cfg.monitor, meta),
                  LastCheckpoint(run_dir / "last.keras", meta),
                  keras.callbacks.CSVLogger(str(run_dir / "history.csv"))]
@@ -200,6 +212,15 @@ def _fit_and_score(cfg: TrainConfig, ds, model, weights, run_dir: Path, log: log
     history = model.fit(x, y, validation_data=val, epochs=cfg.epochs, callbacks=callbacks,
                         class_weight=weights, verbose=progress_mode(cfg), **fit_kw)
     t_fit = time.perf_counter()
+    losses = history.history.get("loss", [])
+    if losses and not math.isfinite(losses[-1]):
+        last = run_dir / "last.keras"
+        kept = f"the last good model is {last} (epoch {len(losses) - 1})" if last.exists() else \
+            "it diverged in the first epoch, so no model was kept"
+        run_info.update(status="diverged", finished=datetime.now().isoformat(timespec="seconds"))
+        atomic_write_json(run_dir / "run.json", run_info)
+        raise ImgtrainError(f"loss became {losses[-1]} in epoch {len(losses)} and training stopped; {kept}; "
+                            f"try a lower learning_rate (was {cfg.learning_rate:g})")
 
     best_path = run_dir / "best.keras"
     if not best_path.exists():  # the monitored value never became finite: keep the last model as "best"
@@ -225,6 +246,7 @@ def _fit_and_score(cfg: TrainConfig, ds, model, weights, run_dir: Path, log: log
         metrics.update(best_epoch=best_epoch + 1, **{f"best_{k}": v[best_epoch] for k, v in hist.items()
                                                         if k.startswith("val_") or k in ("accuracy", "loss")})
     metrics["epochs_run"] = len(next(iter(hist.values()), []))
+    metrics["weights_sha256"] = weights_hash(best)  # what `imgtrain replay` compares
     atomic_write_json(run_dir / "metrics.json", metrics)
     t_end = time.perf_counter()
     run_info.update(status="done", finished=datetime.now().isoformat(timespec="seconds"), skipped=len(skipped),

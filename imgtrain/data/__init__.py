@@ -87,6 +87,8 @@ def _from_files(spec: str, listing: files.FileList, image_size, channels, stream
     train_paths = listing.splits["train"][0]
     if not train_paths:
         raise DataError(f"{spec}: no image files found (extensions: jpg, jpeg, png, bmp, gif, webp)")
+    if len(class_names) < 2:
+        raise DataError(f"{spec}: found one class ({', '.join(class_names)}); a classifier needs two or more")
     size, c = files.sniff_shape(train_paths, listing.skipped)
     size, c = tuple(image_size or size), channels or c
     index = {n: i for i, n in enumerate(class_names)}
@@ -107,6 +109,9 @@ def _from_files(spec: str, listing: files.FileList, image_size, channels, stream
                  val=splits.get("val"), data_hash=digest, source=spec.partition(":")[2], skipped=skipped)
     if len(ds.train) == 0:
         raise DataError(f"{spec}: none of the {len(train_paths)} training files could be decoded")
+    empty = [n for n, k in zip(class_names, ds.train.counts(len(class_names))) if k == 0]
+    if empty:
+        ds.notes.append(f"classes with no training images: {', '.join(empty)}")
     return ds
 
 
@@ -116,21 +121,22 @@ def folder(arg, image_size=None, channels=None, stream=None) -> Dataset:
 
 
 @register_dataset(arg="FILE", about="a CSV of image paths and labels (optional split column)")
-def csv(arg, image_size=None, channels=None, stream=None) -> Dataset:
-    return _from_files(f"csv:{arg}", files.list_table(arg), image_size, channels, stream)
+def csv(arg, image_size=None, channels=None, stream=None, allow_outside_root=False) -> Dataset:
+    return _from_files(f"csv:{arg}", files.list_table(arg, allow_outside_root), image_size, channels, stream)
 
 
 def load_dataset(name: str, *, val_split: float = 0.1, test_split: float = 0.1, seed: int = 0,
                  image_size: tuple[int, int] | None = None, channels: int | None = None,
                  train_limit: int | None = None, test_limit: int | None = None,
-                 stream: bool | None = None) -> Dataset:
+                 stream: bool | None = None, allow_outside_root: bool = False) -> Dataset:
     """Load a dataset and carve the validation split from train (seeded, stratified).
 
     Where the data has no test set, `test_split` of train is held out as the test set first; the test set is
     never used for choices during training.
     """
     kind, arg = parse_name(name)
-    ds = DATASETS.get(kind)(arg, image_size=image_size, channels=channels, stream=stream)
+    extra = {"allow_outside_root": True} if allow_outside_root and kind == "csv" else {}
+    ds = DATASETS.get(kind)(arg, image_size=image_size, channels=channels, stream=stream, **extra)
     if ds.test is None and test_split > 0:
         keep, out = stratified_split(ds.train.y, test_split, seed)
         ds.train, ds.test = ds.train.take(keep), ds.train.take(out)

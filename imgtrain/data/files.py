@@ -85,10 +85,12 @@ def list_folder(root: str) -> FileList:
     return FileList({"train": (paths, labels)}, skipped)
 
 
-def list_table(csv_file: str) -> FileList:
+def list_table(csv_file: str, allow_outside_root: bool = False) -> FileList:
     """A CSV with a path column (filename/path/file/image) and a label column (label/category/class/y), and an
-    optional `split` column (train/val/test). Relative paths are read from the CSV's folder."""
+    optional `split` column (train/val/test). Relative paths are read from the CSV's folder; paths that lead out
+    of that folder (`../`, absolute paths, symlinks) are skipped unless `allow_outside_root`."""
     path = Path(csv_file)
+    root = path.parent.resolve()
     if not path.is_file():
         raise DataError(f"csv:{csv_file}: file not found")
     with open(path, newline="", encoding="utf-8-sig") as f:
@@ -109,6 +111,9 @@ def list_table(csv_file: str) -> FileList:
                 raise DataError(f"csv:{csv_file}: split {row[scol]!r} is not one of train, val, test")
             if file is None or not file.is_file():
                 skipped[str(file or row[pcol])] = "file not found"
+                continue
+            if not allow_outside_root and not file.resolve().is_relative_to(root):
+                skipped[str(file)] = f"outside the dataset root {root} (allow_outside_root: true to read it)"
                 continue
             paths, labels = splits.setdefault(split, ([], []))
             paths.append(str(file))
@@ -143,6 +148,10 @@ def listing_hash(paths: list[str], labels: list[str]) -> str:
     """sha256 over (path, size, mtime, label): cheap, and changes when any file does."""
     h = hashlib.sha256()
     for p, l in zip(paths, labels):
-        st = os.stat(p)
-        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\0{l}\n".encode("utf-8", "surrogateescape"))
+        try:
+            st = os.stat(p)
+            stamp = f"{st.st_size}\0{st.st_mtime_ns}"
+        except OSError as err:  # a symlink loop or a vanished file: hashed as what it is
+            stamp = f"error {err.errno}"
+        h.update(f"{p}\0{stamp}\0{l}\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()

@@ -12,7 +12,7 @@ EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 
 # Errors that mean "this file is not a usable image"; anything else is a bug and should surface.
-DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 
 
 def is_image_name(name: str) -> bool:
@@ -25,16 +25,42 @@ def peek(path: str | Path) -> tuple[tuple[int, int], str]:
         return (im.height, im.width), im.mode
 
 
-def decode(source: str | Path | bytes, size: tuple[int, int], channels: int) -> np.ndarray:
-    """uint8 array (height, width, channels): EXIF-rotated, converted, resized with Pillow's antialiased bilinear."""
+MAX_PIXELS = 64_000_000  # width x height above which a file is refused unread (decompression bombs)
+
+
+class ImageTooLarge(ValueError):
+    pass
+
+
+def _to_8bit(im: Image.Image) -> Image.Image:
+    """16/32-bit integer and float images scaled to 8 bits (Pillow's convert would clip, not scale)."""
+    arr = np.asarray(im, dtype=np.float64)
+    scale = 257.0 if im.mode != "F" else (1 / 255.0 if arr.max(initial=0) <= 1.0 else 1.0)
+    return Image.fromarray((arr / scale).clip(0, 255).astype(np.uint8), "L")
+
+
+def _flatten_alpha(im: Image.Image) -> Image.Image:
+    """Transparent pixels become black, as they look where nothing is drawn (MNIST-style backgrounds)."""
+    rgba = im.convert("RGBA")
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
+
+
+def decode(source: str | Path | bytes, size: tuple[int, int], channels: int,
+           max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """uint8 array (height, width, channels): first frame, EXIF-rotated, alpha flattened onto black, 16-bit scaled
+    to 8, converted to L or RGB, resized with Pillow's antialiased bilinear. Raises one of DECODE_ERRORS."""
     fp = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
     with Image.open(fp) as im:
+        if im.width * im.height > max_pixels:
+            raise ImageTooLarge(f"{im.width}x{im.height} pixels is over the limit of {max_pixels:,}")
         h, w = size
-        if im.format == "JPEG":
+        if im.format == "JPEG" and im.mode in ("L", "RGB"):
             im.draft("L" if channels == 1 else "RGB", (w, h))  # DCT-domain downscale: far less to decode
         im = ImageOps.exif_transpose(im)
-        if im.mode in ("I;16", "I;16B", "I;16L", "I", "F") :
-            im = Image.fromarray((np.asarray(im, dtype=np.float64) / 257.0).clip(0, 255).astype(np.uint8))
+        if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+            im = _to_8bit(im)
+        elif im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (im.mode == "P" and "transparency" in im.info):
+            im = _flatten_alpha(im)
         im = im.convert("L" if channels == 1 else "RGB")
         if im.size != (w, h):
             im = im.resize((w, h), Image.BILINEAR)
