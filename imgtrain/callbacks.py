@@ -49,23 +49,123 @@ class TrackBest(keras.callbacks.Callback):
 class BestCheckpoint(TrackBest):
     """Saves the model to `path` atomically whenever `monitor` improves (Keras' ModelCheckpoint writes in place)."""
 
-    def __init__(self, path: Path, monitor: str, meta: dict):
+    def __init__(self, path: Path, monitor: str, meta: dict, stop: "GracefulStop | None" = None):
         super().__init__(monitor)
-        self.path, self.meta = Path(path), meta
+        self.path, self.meta, self.stop = Path(path), meta, stop
 
     def on_epoch_end(self, epoch, logs=None):
+        if self.stop is not None and self.stop.interrupted:
+            return  # an unfinished epoch is never "best"
         if self.improved(epoch, logs):
             save_model(self.model, self.path, {**self.meta, "epoch": epoch + 1, self.monitor: logs[self.monitor]})
 
 
 class LastCheckpoint(keras.callbacks.Callback):
-    """Saves the model to `path` atomically at the end of every epoch."""
+    """Saves the model (with its optimizer) to `path` atomically at the end of every completed epoch, with
+    `state(epoch, logs)` inside the same file: what a resume needs, never out of step with the weights."""
 
-    def __init__(self, path: Path, meta: dict):
+    def __init__(self, path: Path, meta: dict, state=None, stop: "GracefulStop | None" = None):
         super().__init__()
-        self.path, self.meta = Path(path), meta
+        self.path, self.meta, self.state, self.stop = Path(path), meta, state, stop
 
     def on_epoch_end(self, epoch, logs=None):
         if not math.isfinite((logs or {}).get("loss", 0.0)):
             return  # a diverged model never replaces the last good one
-        save_model(self.model, self.path, {**self.meta, "epoch": epoch + 1})
+        if self.stop is not None and self.stop.interrupted:
+            return  # the epoch did not finish
+        extra = {"resume": self.state(epoch, logs)} if self.state else {}
+        save_model(self.model, self.path, {**self.meta, "epoch": epoch + 1, **extra})
+
+
+def seed_generators(model) -> list:
+    """Every keras.random.SeedGenerator the model's layers hold (dropout masks, augmentation draws)."""
+    found, stack = [], list(model.layers)
+    while stack:
+        layer = stack.pop()
+        stack.extend(getattr(layer, "layers", []) or [])
+        found += [v for v in vars(layer).values() if isinstance(v, keras.random.SeedGenerator)]
+    return found
+
+
+class EpochSeeds(keras.callbacks.Callback):
+    """Reseeds every SeedGenerator from (seed, epoch, position) at the start of each epoch, so the random draws of
+    epoch k are the same whether the run got there in one go or was resumed."""
+
+    def __init__(self, seed: int):
+        super().__init__()
+        self.seed = seed
+
+    def on_epoch_begin(self, epoch, logs=None):
+        import numpy as np
+
+        for i, gen in enumerate(seed_generators(self.model)):
+            value = np.random.default_rng([self.seed, epoch, i]).integers(1, 2**31 - 1)
+            gen.state.assign(np.array([value, 0]).astype(gen.state.dtype))
+
+
+class GracefulStop(keras.callbacks.Callback):
+    """Ctrl-C (SIGINT) or SIGTERM stops training at the end of the current batch; the unfinished epoch is not
+    checkpointed, so the run resumes from the last completed one."""
+
+    def __init__(self):
+        super().__init__()
+        self.interrupted = False
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        if self.interrupted:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.interrupted = True
+
+    def on_train_begin(self, logs=None):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.interrupted:
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        import signal
+
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """Keras' EarlyStopping whose patience count and best value survive a resume."""
+
+    KEYS = ("wait", "best", "best_epoch")
+
+    def __init__(self, *args, restore: dict | None = None, **kw):
+        super().__init__(*args, **kw)
+        self.restore = restore or {}
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self.__dict__.update(self.restore)
+
+    def snapshot(self) -> dict:
+        return {k: getattr(self, k) for k in self.KEYS}
+
+
+class ResumablePlateau(keras.callbacks.ReduceLROnPlateau):
+    """Keras' ReduceLROnPlateau whose wait, cooldown and best value survive a resume."""
+
+    KEYS = ("wait", "best", "cooldown_counter")
+
+    def __init__(self, *args, restore: dict | None = None, **kw):
+        super().__init__(*args, **kw)
+        self.restore = restore or {}
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self.__dict__.update(self.restore)
+
+    def snapshot(self) -> dict:
+        return {k: getattr(self, k) for k in self.KEYS}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import math
 import sys
@@ -48,12 +49,27 @@ def default_run_dir(cfg: TrainConfig) -> Path:
     return Path(RUNS_DIR) / f"{slug}-{cfg.model}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
-def choose_run_dir(cfg: TrainConfig) -> Path:
-    """The run directory, refused before any work if it already holds a run (nothing written is ever replaced)."""
+STATE_FORMAT = 1  # version of the resume state stored inside last.keras
+IGNORED_ON_RESUME = {"out", "verbose"}  # config keys that may differ between a run and its resumption
+
+
+def choose_run_dir(cfg: TrainConfig) -> tuple[Path, Path | None]:
+    """(run directory, last.keras to resume from or None). A finished run is never replaced; an unfinished one
+    with the same config is resumed; an unfinished one with another config is refused."""
     run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg)
-    if (run_dir / "run.json").exists():
-        raise ImgtrainError(f"{run_dir} already holds a run; choose another --out or remove that directory")
-    return run_dir
+    if not (run_dir / "run.json").exists():
+        return run_dir, None
+    status = json.loads((run_dir / "run.json").read_text()).get("status")
+    if status == "done":
+        raise ImgtrainError(f"{run_dir} already holds a finished run; choose another --out or remove that directory")
+    saved = load_config(run_dir / "config.yaml").model_dump(exclude=IGNORED_ON_RESUME)
+    now = cfg.model_dump(exclude=IGNORED_ON_RESUME)
+    if saved != now:
+        keys = sorted(k for k in now if now[k] != saved.get(k))
+        raise ImgtrainError(f"{run_dir} holds an unfinished run with other settings ({', '.join(keys)}); "
+                            "resume it with the same ones or choose another --out")
+    last = run_dir / "last.keras"
+    return run_dir, (last if last.exists() else None)
 
 
 def make_run_dir(run_dir: Path) -> Path:
@@ -95,15 +111,27 @@ def class_weights(spec, ds) -> dict[int, float] | None:
     return {i: out.get(i, 1.0) for i in range(ds.num_classes)}
 
 
-def fit_inputs(split, cfg: TrainConfig, input_shape, onehot: int, shuffle: bool, skipped: dict):
-    """(x, y) arrays for in-memory data, or a streaming PyDataset."""
-    if split.in_memory:
-        y = np.eye(onehot, dtype=np.float32)[split.y] if onehot else split.y
+def fit_inputs(split, cfg: TrainConfig, input_shape, onehot: int, shuffle: bool, skipped: dict, epoch: int = 0):
+    """Training batches in an order fixed by (seed, epoch), or the (x, y) arrays of a validation split."""
+    y = np.eye(onehot, dtype=np.float32)[split.y] if onehot else split.y
+    if split.in_memory and not shuffle:
         return split.x, y
+    if split.in_memory:
+        from .data.batches import ArrayBatches
+
+        return ArrayBatches(split.x, y, cfg.batch_size, cfg.seed, epoch)
     from .data.stream import ImageBatches
 
     return ImageBatches(split, input_shape, cfg.batch_size, shuffle=shuffle, seed=cfg.seed, onehot=onehot,
-                        skipped=skipped), None
+                        skipped=skipped, epoch=epoch)
+
+
+def _history_csv(rows: list[dict]) -> str:
+    """history.csv as Keras' CSVLogger writes it (sorted keys after 'epoch')."""
+    keys = sorted({k for r in rows for k in r} - {"epoch"})
+    lines = [",".join(["epoch", *keys])] + [",".join([str(r["epoch"]), *(repr(r.get(k, "")) for k in keys)])
+                                            for r in rows]
+    return "\n".join(lines) + "\n"
 
 
 def weights_hash(model) -> str:
@@ -130,7 +158,7 @@ def train(config: TrainConfig | dict | str | Path | None = None, **overrides) ->
     from .models import build_model
 
     t_start = time.perf_counter()
-    run_dir = choose_run_dir(cfg)
+    run_dir, resume_from = choose_run_dir(cfg)
     keras.utils.set_random_seed(cfg.seed)
     ds = load_dataset(cfg.dataset, val_split=cfg.val_split, test_split=cfg.test_split, seed=cfg.seed,
                       image_size=cfg.image_size, channels=cfg.channels, train_limit=cfg.train_limit,
@@ -140,9 +168,17 @@ def train(config: TrainConfig | dict | str | Path | None = None, **overrides) ->
                           f"use at most {len(ds.train)}")
     model = build_model(cfg.model, ds.input_shape, ds.num_classes, augment=cfg.augment, **cfg.model_options)
     weights = class_weights(cfg.class_weight, ds)  # checked before anything is written
+    resume = None
+    if resume_from is not None:
+        from .saving import read_meta
+
+        resume = read_meta(resume_from).get("resume")
+        if not resume or resume.get("format") != STATE_FORMAT:
+            raise ImgtrainError(f"{resume_from} has no resume state this version can read; remove it to start over")
+        model = keras.models.load_model(resume_from, safe_mode=True)  # weights and optimizer state
     log = run_logger(make_run_dir(run_dir))
     try:
-        return _fit_and_score(cfg, ds, model, weights, run_dir, log, t_start)
+        return _fit_and_score(cfg, ds, model, weights, run_dir, log, t_start, resume)
     except BaseException as err:
         log.error("stopped by %s: %s", type(err).__name__, err)
         raise
@@ -153,10 +189,11 @@ def train(config: TrainConfig | dict | str | Path | None = None, **overrides) ->
 
 
 def _fit_and_score(cfg: TrainConfig, ds, model, weights, run_dir: Path, log: logging.Logger,
-                   t_start: float) -> RunResult:
+                   t_start: float, resume: dict | None) -> RunResult:
     import keras
 
-    from .callbacks import BestCheckpoint, EpochStats, LastCheckpoint
+    from .callbacks import (BestCheckpoint, EpochSeeds, EpochStats, GracefulStop, LastCheckpoint,
+                            ResumableEarlyStopping, ResumablePlateau)
     from .evaluate import metrics_from_probs, predict_probs
     from .report import PREDICTIONS
     from .saving import save_model
@@ -177,41 +214,70 @@ def _fit_and_score(cfg: TrainConfig, ds, model, weights, run_dir: Path, log: log
         acc = keras.metrics.CategoricalAccuracy(name="accuracy")
     else:
         loss, acc = keras.losses.SparseCategoricalCrossentropy(), keras.metrics.SparseCategoricalAccuracy(name="accuracy")
-    model.compile(optimizer=make_optimizer(cfg, steps_per_epoch), loss=loss, metrics=[acc],
-                  jit_compile=cfg.jit_compile if cfg.jit_compile is not None else
-                  (False if cfg.backend == "tensorflow" else "auto"))
+    jit = cfg.jit_compile if cfg.jit_compile is not None else (False if cfg.backend == "tensorflow" else "auto")
+    if resume is None:
+        model.compile(optimizer=make_optimizer(cfg, steps_per_epoch), loss=loss, metrics=[acc], jit_compile=jit)
+    else:  # keep the restored optimizer (its step count drives the schedule); only the metric objects are new
+        model.compile(optimizer=model.optimizer, loss=loss, metrics=[acc], jit_compile=jit)
+        log.info("resuming after epoch %d of %d from last.keras", resume["epoch"], cfg.epochs)
 
     meta = {"class_names": ds.class_names, "input_shape": list(ds.input_shape), "pixel_range": [0, 255],
             "dataset": cfg.dataset, "model": cfg.model}
-    run_info = {"status": "running", "started": datetime.now().isoformat(timespec="seconds"),
+    previous = json.loads((run_dir / "run.json").read_text()) if resume and (run_dir / "run.json").exists() else {}
+    run_info = {"status": "running", "started": previous.get("started", datetime.now().isoformat(timespec="seconds")),
                 "versions": versions(), "data": ds.summary(), "params": int(model.count_params()),
-                "run_dir": str(run_dir)}
+                "run_dir": str(run_dir), "resumed": previous.get("resumed", []) + ([resume["epoch"]] if resume else [])}
     atomic_write(run_dir / "config.yaml", save_config(cfg))
     atomic_write_json(run_dir / "run.json", run_info)
 
-    callbacks = [keras.callbacks.TerminateOnNaN(), EpochStats(),
-                 BestCheckpoint(run_dir / "best.keras", cfg.monitor, meta),
-                 LastCheckpoint(run_dir / "last.keras", meta),
-                 keras.callbacks.CSVLogger(str(run_dir / "history.csv"))]
-    if cfg.early_stopping:
-        callbacks.append(keras.callbacks.EarlyStopping(cfg.monitor, patience=cfg.early_stopping, verbose=1))
-    if cfg.reduce_lr_patience:
-        callbacks.append(keras.callbacks.ReduceLROnPlateau(cfg.monitor, factor=cfg.reduce_lr_factor,
-                                                           patience=cfg.reduce_lr_patience, min_lr=cfg.min_lr))
+    rows: list[dict] = list(resume["history"]) if resume else []  # every completed epoch's logs, this run's whole life
+    if resume:  # history.csv may hold an epoch that last.keras does not: rewrite it from the saved state
+        atomic_write(run_dir / "history.csv", _history_csv(rows))
+    restored = (resume or {}).get("callbacks", {})
+    stop = GracefulStop()
+    best_cb = BestCheckpoint(run_dir / "best.keras", cfg.monitor, meta, stop)
+    if "best" in restored:
+        best_cb.best, best_cb.best_epoch = restored["best"]
+    early = ResumableEarlyStopping(cfg.monitor, patience=cfg.early_stopping, verbose=1,
+                                   restore=restored.get("early_stopping")) if cfg.early_stopping else None
+    plateau = ResumablePlateau(cfg.monitor, factor=cfg.reduce_lr_factor, patience=cfg.reduce_lr_patience,
+                               min_lr=cfg.min_lr, restore=restored.get("plateau")) if cfg.reduce_lr_patience else None
+
+    def state(epoch, logs):
+        rows.append({"epoch": epoch, **{k: float(v) for k, v in logs.items()}})
+        snap = {"best": [best_cb.best, best_cb.best_epoch]}
+        if early:
+            snap["early_stopping"] = early.snapshot()
+        if plateau:
+            snap["plateau"] = plateau.snapshot()
+        return {"format": STATE_FORMAT, "epoch": epoch + 1, "history": rows, "callbacks": snap}
+
+    callbacks = [keras.callbacks.TerminateOnNaN(), stop, EpochSeeds(cfg.seed), EpochStats(), best_cb,
+                 *[c for c in (early, plateau) if c],
+                 LastCheckpoint(run_dir / "last.keras", meta, state, stop),  # after every callback it snapshots
+                 keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=bool(resume))]
     if cfg.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False,
                                                      profile_batch=0))
 
     skipped = ds.skipped
-    x, y = fit_inputs(ds.train, cfg, ds.input_shape, onehot, True, skipped)
+    first = resume["epoch"] if resume else 0
+    train_data = fit_inputs(ds.train, cfg, ds.input_shape, onehot, True, skipped, first)
     val = None
     if ds.val is not None and len(ds.val):
-        vx, vy = fit_inputs(ds.val, cfg, ds.input_shape, onehot, False, skipped)
-        val = (vx, vy) if vy is not None else vx
-    fit_kw = {"batch_size": cfg.batch_size} if y is not None else {}
-    history = model.fit(x, y, validation_data=val, epochs=cfg.epochs, callbacks=callbacks,
-                        class_weight=weights, verbose=progress_mode(cfg), **fit_kw)
+        val = fit_inputs(ds.val, cfg, ds.input_shape, onehot, False, skipped)
+    # shuffle=False: the batches already come in the (seed, epoch) order; Keras would reorder them with the
+    # global NumPy generator, whose state a resumed process does not have
+    history = model.fit(train_data, validation_data=val, epochs=cfg.epochs, initial_epoch=first, shuffle=False,
+                        validation_batch_size=cfg.batch_size if isinstance(val, tuple) else None,
+                        callbacks=callbacks, class_weight=weights, verbose=progress_mode(cfg))
     t_fit = time.perf_counter()
+    if stop.interrupted:
+        run_info.update(status="interrupted")
+        atomic_write_json(run_dir / "run.json", run_info)
+        done = rows[-1]["epoch"] + 1 if rows else 0
+        raise ImgtrainError(f"interrupted after {done} of {cfg.epochs} epochs; run the same command again "
+                            f"(with --out {run_dir}) to resume")
     losses = history.history.get("loss", [])
     if losses and not math.isfinite(losses[-1]):
         last = run_dir / "last.keras"
@@ -239,7 +305,7 @@ def _fit_and_score(cfg: TrainConfig, ds, model, weights, run_dir: Path, log: log
         result = metrics_from_probs(probs, y_test, ds.class_names)
         metrics = {"test_accuracy": result["accuracy"], "test_loss": result["loss"], "test_macro_f1": result["macro_f1"],
                    "test_images": result["n"], "test": result}
-    hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
+    hist = {k: [r[k] for r in rows] for k in (rows[0] if rows else {}) if k != "epoch"}
     if cfg.monitor in hist:
         sign = 1 if "acc" in cfg.monitor else -1
         best_epoch = int(np.argmax([sign * v for v in hist[cfg.monitor]]))
@@ -253,7 +319,8 @@ def _fit_and_score(cfg: TrainConfig, ds, model, weights, run_dir: Path, log: log
                     data=ds.summary(),
                     timings={"setup_s": t_data - t_start, "fit_s": t_fit - t_data, "evaluate_s": t_end - t_fit,
                              "total_s": t_end - t_start,
-                             "train_images_per_s": len(ds.train) * metrics["epochs_run"] / max(t_fit - t_data, 1e-9)})
+                             "train_images_per_s": len(ds.train) * len(history.history.get("loss", []))
+                             / max(t_fit - t_data, 1e-9)})
     atomic_write_json(run_dir / "run.json", run_info)
     log.info("done: %s", {k: v for k, v in metrics.items() if k != "test"})
     if cfg.report:

@@ -114,7 +114,7 @@ def test_existing_run_is_never_overwritten(mnist_run):
     out, _ = mnist_run
     before = (out / "best.keras").read_bytes()
     proc = run_cli("train", "--dataset", "mnist", "--model", "mlp", "--epochs", "1", "--out", out, check=False)
-    assert proc.returncode == 2 and "already holds a run" in proc.stderr
+    assert proc.returncode == 2 and "already holds a finished run" in proc.stderr
     assert (out / "best.keras").read_bytes() == before
 
 

@@ -7,6 +7,7 @@ import threading
 import keras
 import numpy as np
 
+from .batches import epoch_order
 from .dataset import Split
 from .images import DECODE_ERRORS, decode
 
@@ -15,12 +16,13 @@ class ImageBatches(keras.utils.PyDataset):
     """(x, y) or x batches from `split.paths`; undecodable files are dropped from their batch and recorded."""
 
     def __init__(self, split: Split, input_shape, batch_size: int, *, shuffle: bool = False, seed: int = 0,
-                 onehot: int = 0, labels: bool = True, skipped: dict | None = None, workers: int = 2):
+                 onehot: int = 0, labels: bool = True, skipped: dict | None = None, workers: int = 2,
+                 epoch: int = 0):
         super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=2 * workers)
         self.split, self.shape, self.batch_size = split, tuple(input_shape), batch_size
         self.shuffle, self.onehot, self.labels = shuffle, onehot, labels
-        self.rng = np.random.default_rng(seed)
-        self.order = self.rng.permutation(len(split)) if shuffle else np.arange(len(split))
+        self.seed, self.epoch = seed, epoch
+        self.order = epoch_order(len(split), seed, epoch) if shuffle else np.arange(len(split))
         self.skipped = skipped if skipped is not None else {}
         self._lock = threading.Lock()
 
@@ -57,5 +59,6 @@ class ImageBatches(keras.utils.PyDataset):
         return (x, np.eye(self.onehot, dtype=np.float32)[y]) if self.onehot else (x, y)
 
     def on_epoch_end(self):
+        self.epoch += 1
         if self.shuffle:
-            self.order = self.rng.permutation(len(self.split))
+            self.order = epoch_order(len(self.split), self.seed, self.epoch)
