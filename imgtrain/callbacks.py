@@ -1,6 +1,8 @@
-"""Callbacks for what Keras' own lack: atomic best/last checkpoints, learning rate and epoch time in the logs.
+"""Callbacks for what Keras' own lack: atomic best/last checkpoints with resume state, an atomic history.csv,
+learning rate and epoch time in the logs, per-epoch seeds, a clean stop on Ctrl-C.
 
-EarlyStopping, ReduceLROnPlateau, CSVLogger and TensorBoard are Keras' own and are used as they are.
+EarlyStopping and ReduceLROnPlateau are Keras' own, extended only so that their counters survive a resume;
+TensorBoard and TerminateOnNaN are used as they are.
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from pathlib import Path
 
 import keras
 
-from .saving import save_model
+from .saving import atomic_write, save_model
 from .schedules import current_lr
 
 
@@ -137,35 +139,46 @@ class GracefulStop(keras.callbacks.Callback):
         self._previous.clear()
 
 
-class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+class Resumable:
+    """Mixin for a Keras callback whose counters (`KEYS`) are saved with the checkpoint and put back on resume."""
+
+    KEYS: tuple[str, ...] = ()
+
+    def __init__(self, *args, restore: dict | None = None, **kw):
+        super().__init__(*args, **kw)
+        self.restore = restore or {}
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)  # Keras resets the counters here; the restored ones then win
+        self.__dict__.update(self.restore)
+
+    def snapshot(self) -> dict:
+        return {k: getattr(self, k) for k in self.KEYS}
+
+
+class ResumableEarlyStopping(Resumable, keras.callbacks.EarlyStopping):
     """Keras' EarlyStopping whose patience count and best value survive a resume."""
 
     KEYS = ("wait", "best", "best_epoch")
 
-    def __init__(self, *args, restore: dict | None = None, **kw):
-        super().__init__(*args, **kw)
-        self.restore = restore or {}
 
-    def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
-        self.__dict__.update(self.restore)
-
-    def snapshot(self) -> dict:
-        return {k: getattr(self, k) for k in self.KEYS}
-
-
-class ResumablePlateau(keras.callbacks.ReduceLROnPlateau):
+class ResumablePlateau(Resumable, keras.callbacks.ReduceLROnPlateau):
     """Keras' ReduceLROnPlateau whose wait, cooldown and best value survive a resume."""
 
     KEYS = ("wait", "best", "cooldown_counter")
 
-    def __init__(self, *args, restore: dict | None = None, **kw):
-        super().__init__(*args, **kw)
-        self.restore = restore or {}
 
-    def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
-        self.__dict__.update(self.restore)
+class HistoryFile(keras.callbacks.Callback):
+    """Rewrites history.csv atomically after each epoch from `rows`, the completed epochs the last checkpoint
+    recorded (Keras' CSVLogger appends in place, which a kill can leave half-written or ahead of the checkpoint)."""
 
-    def snapshot(self) -> dict:
-        return {k: getattr(self, k) for k in self.KEYS}
+    def __init__(self, path: Path, rows: list[dict]):
+        super().__init__()
+        self.path, self.rows = Path(path), rows
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.rows:
+            keys = sorted({k for r in self.rows for k in r} - {"epoch"})
+            lines = [",".join(["epoch", *keys])]
+            lines += [",".join([str(r["epoch"]), *(repr(r.get(k, "")) for k in keys)]) for r in self.rows]
+            atomic_write(self.path, "\n".join(lines) + "\n")

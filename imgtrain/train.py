@@ -7,6 +7,7 @@ curves.png, samples.png, confusion.png, misclassified.png, per_class.png.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -126,14 +127,6 @@ def fit_inputs(split, cfg: TrainConfig, input_shape, onehot: int, shuffle: bool,
                         skipped=skipped, epoch=epoch)
 
 
-def _history_csv(rows: list[dict]) -> str:
-    """history.csv as Keras' CSVLogger writes it (sorted keys after 'epoch')."""
-    keys = sorted({k for r in rows for k in r} - {"epoch"})
-    lines = [",".join(["epoch", *keys])] + [",".join([str(r["epoch"]), *(repr(r.get(k, "")) for k in keys)])
-                                            for r in rows]
-    return "\n".join(lines) + "\n"
-
-
 def weights_hash(model) -> str:
     """sha256 over every weight's bytes, in layer order: equal hashes mean bit-identical models."""
     h = hashlib.sha256()
@@ -179,6 +172,12 @@ def train(config: TrainConfig | dict | str | Path | None = None, **overrides) ->
     log = run_logger(make_run_dir(run_dir))
     try:
         return _fit_and_score(cfg, ds, model, weights, run_dir, log, t_start, resume)
+    except OSError as err:
+        log.error("stopped by %s: %s", type(err).__name__, err)
+        if err.errno != errno.ENOSPC:
+            raise
+        raise ImgtrainError(f"disk full while writing {err.filename or run_dir}; every file already in {run_dir} "
+                            "is intact: free some space and run the same command to resume") from None
     except BaseException as err:
         log.error("stopped by %s: %s", type(err).__name__, err)
         raise
@@ -192,7 +191,7 @@ def _fit_and_score(cfg: TrainConfig, ds, model, weights, run_dir: Path, log: log
                    t_start: float, resume: dict | None) -> RunResult:
     import keras
 
-    from .callbacks import (BestCheckpoint, EpochSeeds, EpochStats, GracefulStop, LastCheckpoint,
+    from .callbacks import (BestCheckpoint, EpochSeeds, EpochStats, GracefulStop, HistoryFile, LastCheckpoint,
                             ResumableEarlyStopping, ResumablePlateau)
     from .evaluate import metrics_from_probs, predict_probs
     from .report import PREDICTIONS
@@ -231,8 +230,6 @@ def _fit_and_score(cfg: TrainConfig, ds, model, weights, run_dir: Path, log: log
     atomic_write_json(run_dir / "run.json", run_info)
 
     rows: list[dict] = list(resume["history"]) if resume else []  # every completed epoch's logs, this run's whole life
-    if resume:  # history.csv may hold an epoch that last.keras does not: rewrite it from the saved state
-        atomic_write(run_dir / "history.csv", _history_csv(rows))
     restored = (resume or {}).get("callbacks", {})
     stop = GracefulStop()
     best_cb = BestCheckpoint(run_dir / "best.keras", cfg.monitor, meta, stop)
@@ -250,12 +247,13 @@ def _fit_and_score(cfg: TrainConfig, ds, model, weights, run_dir: Path, log: log
             snap["early_stopping"] = early.snapshot()
         if plateau:
             snap["plateau"] = plateau.snapshot()
-        return {"format": STATE_FORMAT, "epoch": epoch + 1, "history": rows, "callbacks": snap}
+        return {"format": STATE_FORMAT, "epoch": epoch + 1, "history": rows, "callbacks": snap,
+                "stopped": bool(model.stop_training)}  # early stopping has ended the run
 
     callbacks = [keras.callbacks.TerminateOnNaN(), stop, EpochSeeds(cfg.seed), EpochStats(), best_cb,
                  *[c for c in (early, plateau) if c],
                  LastCheckpoint(run_dir / "last.keras", meta, state, stop),  # after every callback it snapshots
-                 keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=bool(resume))]
+                 HistoryFile(run_dir / "history.csv", rows)]  # rows as the checkpoint recorded them
     if cfg.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False,
                                                      profile_batch=0))
@@ -268,9 +266,13 @@ def _fit_and_score(cfg: TrainConfig, ds, model, weights, run_dir: Path, log: log
         val = fit_inputs(ds.val, cfg, ds.input_shape, onehot, False, skipped)
     # shuffle=False: the batches already come in the (seed, epoch) order; Keras would reorder them with the
     # global NumPy generator, whose state a resumed process does not have
-    history = model.fit(train_data, validation_data=val, epochs=cfg.epochs, initial_epoch=first, shuffle=False,
-                        validation_batch_size=cfg.batch_size if isinstance(val, tuple) else None,
-                        callbacks=callbacks, class_weight=weights, verbose=progress_mode(cfg))
+    # a run killed after early stopping ended it (while scoring, say) has nothing left to train
+    last_epoch = first if (resume or {}).get("stopped") else cfg.epochs
+    fitted = {}
+    if first < last_epoch:
+        fitted = model.fit(train_data, validation_data=val, epochs=last_epoch, initial_epoch=first, shuffle=False,
+                           validation_batch_size=cfg.batch_size if isinstance(val, tuple) else None,
+                           callbacks=callbacks, class_weight=weights, verbose=progress_mode(cfg)).history
     t_fit = time.perf_counter()
     if stop.interrupted:
         run_info.update(status="interrupted")
@@ -278,7 +280,7 @@ def _fit_and_score(cfg: TrainConfig, ds, model, weights, run_dir: Path, log: log
         done = rows[-1]["epoch"] + 1 if rows else 0
         raise ImgtrainError(f"interrupted after {done} of {cfg.epochs} epochs; run the same command again "
                             f"(with --out {run_dir}) to resume")
-    losses = history.history.get("loss", [])
+    losses = fitted.get("loss", [])
     if losses and not math.isfinite(losses[-1]):
         last = run_dir / "last.keras"
         kept = f"the last good model is {last} (epoch {len(losses) - 1})" if last.exists() else \
@@ -319,7 +321,7 @@ def _fit_and_score(cfg: TrainConfig, ds, model, weights, run_dir: Path, log: log
                     data=ds.summary(),
                     timings={"setup_s": t_data - t_start, "fit_s": t_fit - t_data, "evaluate_s": t_end - t_fit,
                              "total_s": t_end - t_start,
-                             "train_images_per_s": len(ds.train) * len(history.history.get("loss", []))
+                             "train_images_per_s": len(ds.train) * len(losses)
                              / max(t_fit - t_data, 1e-9)})
     atomic_write_json(run_dir / "run.json", run_info)
     log.info("done: %s", {k: v for k, v in metrics.items() if k != "test"})

@@ -80,3 +80,17 @@ def mnist_run(tmp_path_factory):
     proc = run_cli("train", "--dataset", "mnist", "--model", "cnn_small", "--epochs", "1", "--lr", "3e-3",
                    "--out", out)
     return out, proc
+
+
+def chromium(profile: Path, width: int = 1280, height: int = 1000):
+    """Debian's headless Chromium driven by Selenium through Debian's chromedriver (both installed by make test)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = "/usr/bin/chromium"
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={profile}", f"--window-size={width},{height}"):
+        opts.add_argument(flag)
+    return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)

@@ -5,12 +5,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_cli
+from conftest import chromium, run_cli
 from imgtrain import plots
 from imgtrain.report import FIGURES, PREDICTIONS
-
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-
 
 def test_every_plot_is_a_real_png(mnist_run):
     out, proc = mnist_run
@@ -47,20 +44,11 @@ def test_misclassified_grid_says_when_there_are_none():
 
 
 def test_report_renders_in_headless_chromium(mnist_run, tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
     out, _ = mnist_run
     page = (out / "report.html").read_text()
     assert page.count('src="data:image/png;base64,') == len(FIGURES), "all plots embedded"
     assert not re.search(r'(src|href)="(https?:)?//', page), "self-contained: nothing fetched from elsewhere"
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,2400"):
-        opts.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    driver = chromium(tmp_path / "profile", 1280, 2400)
     try:
         driver.get((out / "report.html").as_uri())
         widths = driver.execute_script(

@@ -59,3 +59,37 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path):
     assert "test accuracy" in proc.stdout
     other = run_cli(*ARGS[:-2], "--set", "early_stopping=2", "--out", out, check=False)
     assert other.returncode == 2 and "already holds a finished run" in other.stderr
+
+
+def test_disk_full_is_one_line_and_keeps_what_was_written(tmp_path):
+    disk = tmp_path / "small-disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        import pytest
+
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        # cnn_small's checkpoint is ~10 MB: the config, run.json and logs fit in 6 MB, the first model does not
+        proc = run_cli("train", "--dataset", "mnist", "--model", "cnn_small", "--epochs", "1", "--train-limit", "600",
+                       "--no-report", "--out", disk / "run", check=False)
+        assert proc.returncode == 2
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: disk full while writing") and "intact" in lines[0]
+        assert json.loads((disk / "run" / "run.json").read_text())["status"] == "running"
+        assert not [p for p in (disk / "run").iterdir() if p.name.startswith(".")], "no half-written files left"
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_run_that_early_stopping_ended_is_not_trained_further(tmp_path):
+    from imgtrain import train
+
+    kw = dict(dataset="mnist", model="mlp", epochs=6, train_limit=1000, schedule="constant", learning_rate=1e-9,
+              early_stopping=1, out=str(tmp_path / "r"), tensorboard=False, report=False, verbose="quiet")
+    assert train(**kw).metrics["epochs_run"] == 2
+    info = json.loads((tmp_path / "r" / "run.json").read_text())
+    info["status"] = "running"  # as if killed while scoring the best model
+    (tmp_path / "r" / "run.json").write_text(json.dumps(info))
+    again = train(**kw)
+    assert again.metrics["epochs_run"] == 2 and json.loads((tmp_path / "r" / "run.json").read_text())["resumed"] == [2]

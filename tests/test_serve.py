@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import IMGTRAIN, ROOT, run_cli, write_pngs
+from conftest import IMGTRAIN, ROOT, chromium, run_cli, write_pngs
 
 LIMITS = ["--max-upload-mb", "0.05", "--max-files", "4", "--max-pixels", "1000000"]
 
@@ -136,21 +136,13 @@ def test_bounded_load_with_hostile_uploads(server, digits):
 
 
 def test_upload_page_in_headless_chromium(server, digits, mnist_run, tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     path = digits[0]
     expected = httpx.post(f"{server}/predict", files={"files": (path.name, path.read_bytes())}).json()
     expected = expected["predictions"][0]["top"][0]["class"]
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = "/usr/bin/chromium"
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={tmp_path / 'profile'}", "--window-size=900,900"):
-        opts.add_argument(flag)
-    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
+    driver = chromium(tmp_path / "profile", 900, 900)
     try:
         driver.get(server + "/")
         driver.find_element(By.ID, "file").send_keys(str(path))
