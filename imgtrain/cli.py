@@ -155,8 +155,8 @@ def evaluate(
     from .backend import use_backend
 
     use_backend(run_cfg.get("backend", "tensorflow"))
-    from .data import load_dataset
     from .evaluate import evaluate as evaluate_model, format_table
+    from .report import run_dataset
     from .saving import load_model
 
     model, meta = load_model(target)
@@ -164,12 +164,7 @@ def evaluate(
     if not name:
         raise ImgtrainError(f"{target}: no dataset recorded with this model; give one with --dataset")
     h, w, c = model.input_shape[1:]
-    same = name == run_cfg.get("dataset")
-    ds = load_dataset(name, val_split=run_cfg.get("val_split", 0.1), test_split=run_cfg.get("test_split", 0.1),
-                      seed=run_cfg.get("seed", 0), image_size=(h, w), channels=c,
-                      train_limit=run_cfg.get("train_limit") if same else None,
-                      test_limit=run_cfg.get("test_limit") if same else None,
-                      allow_outside_root=run_cfg.get("allow_outside_root", False) if same else False)
+    ds = run_dataset(run_cfg, name, image_size=(h, w), channels=c)
     if ds.num_classes != model.output_shape[-1]:
         raise ImgtrainError(f"dataset {name!r} has {ds.num_classes} classes but the model predicts "
                             f"{model.output_shape[-1]}")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data.images import DECODE_ERRORS, decode, is_image_name
+from .data.images import is_image_name, try_decode
 from .errors import ImgtrainError
 
 
@@ -38,12 +38,11 @@ def predict_files(model, paths: list[str], class_names: list[str], top_k: int = 
     top_k = max(1, min(top_k, len(class_names)))
     rows, images, where = [], [], []
     for p in paths:
-        try:
-            images.append(decode(p, (h, w), c))
+        arr, reason = try_decode(p, (h, w), c)
+        if arr is not None:
+            images.append(arr)
             where.append(len(rows))
-            rows.append({"file": p, "top": [], "error": None})
-        except DECODE_ERRORS as err:
-            rows.append({"file": p, "top": [], "error": f"{type(err).__name__}: {err}".splitlines()[0]})
+        rows.append({"file": p, "top": [], "error": reason})
     if images:
         probs = model.predict(np.stack(images), batch_size=batch_size, verbose=0)
         for r, pr in zip(where, probs):

@@ -50,10 +50,8 @@ def parse_name(spec: str) -> tuple[str, str | None]:
 
 
 def _arrays(name, arrays, class_names, source, digest, image_size, channels) -> Dataset:
-    xt = arrays["x_train"]
-    xt = xt[..., None] if xt.ndim == 3 else xt
     conv = lambda x: convert_array(x[..., None] if x.ndim == 3 else x, image_size, channels)
-    train = Split(arrays["y_train"], x=conv(xt))
+    train = Split(arrays["y_train"], x=conv(arrays["x_train"]))
     test = Split(arrays["y_test"], x=conv(arrays["x_test"])) if "x_test" in arrays else None
     return Dataset(name, class_names, tuple(train.x.shape[1:]), train, test, data_hash=digest, source=source)
 

@@ -68,18 +68,20 @@ def decode(source: str | Path | bytes, size: tuple[int, int], channels: int,
     return arr[..., None] if channels == 1 else arr
 
 
+def try_decode(source, size: tuple[int, int], channels: int) -> tuple[np.ndarray | None, str | None]:
+    """(array, None), or (None, a one-line reason) for a file that is not a usable image."""
+    try:
+        return decode(source, size, channels), None
+    except DECODE_ERRORS as err:
+        return None, f"{type(err).__name__}: {err}".splitlines()[0]
+
+
 def decode_many(paths: list[str], size: tuple[int, int], channels: int, workers: int = 0):
     """(array (n_ok, h, w, c) uint8, ok_mask bool (n,), {path: reason}) decoding in threads (Pillow drops the GIL)."""
     import os
 
-    def one(p):
-        try:
-            return decode(p, size, channels), None
-        except DECODE_ERRORS as err:
-            return None, f"{type(err).__name__}: {err}".splitlines()[0]
-
     with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
-        results = list(pool.map(one, paths))
+        results = list(pool.map(lambda p: try_decode(p, size, channels), paths))
     ok = np.array([r[0] is not None for r in results], dtype=bool)
     out = np.zeros((int(ok.sum()), size[0], size[1], channels), np.uint8)
     j = 0

@@ -9,7 +9,7 @@ import numpy as np
 
 from .batches import epoch_order
 from .dataset import Split
-from .images import DECODE_ERRORS, decode
+from .images import try_decode
 
 
 class ImageBatches(keras.utils.PyDataset):
@@ -30,12 +30,11 @@ class ImageBatches(keras.utils.PyDataset):
         return math.ceil(len(self.split) / self.batch_size)
 
     def _load(self, i: int):
-        try:
-            return decode(self.split.paths[i], self.shape[:2], self.shape[2])
-        except DECODE_ERRORS as err:
+        arr, reason = try_decode(self.split.paths[i], self.shape[:2], self.shape[2])
+        if reason is not None:
             with self._lock:
-                self.skipped[self.split.paths[i]] = f"{type(err).__name__}: {err}".splitlines()[0]
-            return None
+                self.skipped[self.split.paths[i]] = reason
+        return arr
 
     def __getitem__(self, b: int):
         idx = self.order[b * self.batch_size:(b + 1) * self.batch_size]
