@@ -13,24 +13,22 @@ import numpy as np
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
+from PIL import Image, UnidentifiedImageError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..data.images import DECODE_ERRORS, decode, peek
+from ..data.images import DECODE_ERRORS, ImageTooLarge, decode
 from .batcher import Batcher
 from .page import PAGE
 
 
 def _image(data: bytes, name: str, shape, max_pixels: int) -> np.ndarray:
-    import io
-
+    """One decode: the pixel limit is checked from the header before any pixel is decoded."""
     try:
-        (h, w), _ = peek(io.BytesIO(data))
-    except DECODE_ERRORS as err:
+        return decode(data, shape[:2], shape[2], max_pixels=max_pixels)
+    except (ImageTooLarge, Image.DecompressionBombError) as err:
+        raise HTTPException(413, f"{name}: {err}") from None
+    except UnidentifiedImageError as err:
         raise HTTPException(415, f"{name}: not an image this server can read ({type(err).__name__})") from None
-    if h * w > max_pixels:
-        raise HTTPException(413, f"{name}: {w}x{h} pixels is over the limit of {max_pixels:,}")
-    try:
-        return decode(data, shape[:2], shape[2])
     except DECODE_ERRORS as err:
         raise HTTPException(415, f"{name}: cannot decode the image ({type(err).__name__}: "
                                  f"{str(err).splitlines()[0][:120]})") from None
