@@ -114,14 +114,12 @@ def class_weights(spec, ds) -> dict[int, float] | None:
 
 def fit_inputs(split, cfg: TrainConfig, input_shape, onehot: int, shuffle: bool, skipped: dict, epoch: int = 0):
     """Training batches in an order fixed by (seed, epoch), or the (x, y) arrays of a validation split."""
-    y = np.eye(onehot, dtype=np.float32)[split.y] if onehot else split.y
-    if split.in_memory and not shuffle:
-        return split.x, y
     if split.in_memory:
         from .data.batches import ArrayBatches
 
-        return ArrayBatches(split.x, y, cfg.batch_size, cfg.seed, epoch)
-    from .data.stream import ImageBatches
+        y = np.eye(onehot, dtype=np.float32)[split.y] if onehot else split.y
+        return ArrayBatches(split.x, y, cfg.batch_size, cfg.seed, epoch) if shuffle else (split.x, y)
+    from .data.stream import ImageBatches  # makes its one-hot rows per batch
 
     return ImageBatches(split, input_shape, cfg.batch_size, shuffle=shuffle, seed=cfg.seed, onehot=onehot,
                         skipped=skipped, epoch=epoch)

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse
-from starlette.concurrency import run_in_threadpool
 from PIL import Image, UnidentifiedImageError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..data.images import DECODE_ERRORS, ImageTooLarge, decode
