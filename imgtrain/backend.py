@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 
 from .errors import ConfigError
 
@@ -23,6 +24,19 @@ def use_backend(name: str) -> None:
         return
     os.environ["KERAS_BACKEND"] = name
     _import_keras_quietly()
+
+
+@contextmanager
+def precision(policy: str):
+    """Keras' global dtype policy set to `policy` inside the block, then put back (a notebook keeps its own)."""
+    import keras
+
+    before = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(before)
 
 
 def _import_keras_quietly() -> None:

@@ -17,6 +17,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 @app.command()
 def train(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML or TOML file of config keys"),
+    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="start from a named recipe (`imgtrain presets`)"),
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="mnist, fashion_mnist, folder:PATH, ..."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="a name from `imgtrain models`"),
     epochs: Optional[int] = typer.Option(None, "--epochs", "-e"),
@@ -24,7 +25,7 @@ def train(
     lr: Optional[float] = typer.Option(None, "--lr", help="peak learning rate"),
     optimizer: Optional[str] = typer.Option(None, "--optimizer", help="adam, adamw, sgd, rmsprop"),
     schedule: Optional[str] = typer.Option(None, "--schedule", help="constant, step, cosine, onecycle"),
-    augment: Optional[str] = typer.Option(None, "--augment", help="none, shift, flip, seed004"),
+    augment: Optional[str] = typer.Option(None, "--augment", help="none, shift, flip, flip_shift, seed004"),
     seed: Optional[int] = typer.Option(None, "--seed"),
     backend: Optional[str] = typer.Option(None, "--backend", help="tensorflow, jax, torch"),
     out: Optional[str] = typer.Option(None, "--out", "-o", help="run directory (default runs/<dataset>-<model>-<time>)"),
@@ -39,7 +40,7 @@ def train(
     flags = dict(dataset=dataset, model=model, epochs=epochs, batch_size=batch_size, learning_rate=lr,
                  optimizer=optimizer, schedule=schedule, augment=augment, seed=seed, backend=backend, out=out,
                  train_limit=train_limit, report=False if no_report else None)
-    cfg = load_config(config, flags, set_)
+    cfg = load_config(config, flags, set_, base=_preset(preset))
     use_backend(cfg.backend)
     from .data import parse_name
     from .models import MODELS
@@ -55,6 +56,88 @@ def train(
                    f"({m['test_images']} test images, best epoch {m.get('best_epoch', '-')}/{m['epochs_run']})")
     if (result.run_dir / "report.html").is_file():
         typer.echo(f"report: {result.run_dir / 'report.html'}")
+
+
+def _preset(name: Optional[str]) -> dict:
+    if name is None:
+        return {}
+    from .presets import preset_config
+
+    return preset_config(name)
+
+
+@app.command()
+def presets():
+    """Named recipes for `imgtrain train --preset NAME`, with the target each was tuned for."""
+    import yaml
+
+    from .presets import PRESETS
+
+    for name, p in PRESETS.items():
+        t = p["target"]
+        typer.echo(f"{name:<13} {p['about']} (target {t['accuracy']:.1%} test in <= {t['seconds']} s)")
+        typer.echo("".join(f"    {line}\n" for line in yaml.safe_dump(p["config"], sort_keys=False).splitlines()))
+
+
+@app.command()
+def bench(
+    quick: bool = typer.Option(False, "--quick", help="small sizes (~2 min): checks that it all runs"),
+    presets_: List[str] = typer.Option([], "--preset", help="also time cold `train --preset NAME` runs "
+                                                             "(repeatable; 'all' for every preset)"),
+    repeats: int = typer.Option(3, "--repeats", help="runs per preset; the table gives the median"),
+    out: Path = typer.Option(Path("benchmarks"), "--out", "-o", help="folder for results.json and results.md"),
+):
+    """Seed code against imgtrain on the seed models: training and inference img/s, accuracy, folder pipeline."""
+    from .backend import use_backend
+
+    use_backend("tensorflow")  # the seeds' backend, and the fastest on CPU
+    from .bench import markdown, run_bench
+    from .presets import PRESETS
+    from .saving import atomic_write, atomic_write_json
+
+    names = PRESETS.names() if "all" in presets_ else presets_
+    for name in names:
+        PRESETS.get(name)  # unknown names fail before anything runs
+    result = run_bench(quick=quick, presets=names, repeats=repeats, log=lambda m: typer.echo(m, err=True))
+    table = markdown(result)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "results.json", result)
+    atomic_write(out / "results.md", table + "\n")
+    typer.echo(table)
+    typer.echo(f"\nwritten: {out / 'results.json'}, {out / 'results.md'}")
+
+
+@app.command("lr-find")
+def lr_find_cmd(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML or TOML file of config keys"),
+    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="start from a named recipe"),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d"),
+    model: Optional[str] = typer.Option(None, "--model", "-m"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b"),
+    optimizer: Optional[str] = typer.Option(None, "--optimizer"),
+    set_: List[str] = typer.Option([], "--set", help="KEY=VALUE for any config key"),
+    start: float = typer.Option(1e-6, "--start", help="first learning rate"),
+    end: float = typer.Option(1.0, "--end", help="last learning rate"),
+    steps: int = typer.Option(200, "--steps", help="batches, one learning rate each"),
+    out: Path = typer.Option(Path("runs/lr-find"), "--out", "-o", help="folder for lr_find.png and lr_find.json"),
+):
+    """Learning-rate range test: loss against a rising learning rate, with a suggested rate and its plot."""
+    from .backend import use_backend
+    from .config import load_config
+
+    if steps < 20:
+        raise ImgtrainError(f"--steps must be at least 20 (got {steps}): the smoothed loss needs them")
+    flags = dict(dataset=dataset, model=model, batch_size=batch_size, optimizer=optimizer)
+    cfg = load_config(config, flags, set_, base=_preset(preset))
+    use_backend(cfg.backend)
+    from .lr_find import lr_find
+
+    result = lr_find(cfg, start=start, end=end, steps=steps, out=out)
+    s = result["suggestion"]
+    typer.echo(f"{len(result['losses'])} batches, learning rate {result['lrs'][0]:.1e} -> {result['lrs'][-1]:.1e}")
+    typer.echo(f"suggested learning rate: {s['steepest']:.2g} (steepest descent); {s['minimum_div10']:.2g} "
+               f"(a tenth of the minimum)")
+    typer.echo(f"plot: {out / 'lr_find.png'}")
 
 
 @app.command()

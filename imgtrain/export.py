@@ -84,12 +84,13 @@ def check_images(target, meta: dict, n: int = 256) -> np.ndarray:
 
 def export(target: str | Path, fmt: str, out: str | Path | None = None, check: int = 256) -> dict:
     """Export a run's best model (or a model file) to `fmt`; returns paths and the agreement with Keras."""
-    from .saving import load_model, resolve_model_path
+    from .saving import float32_copy, load_model, resolve_model_path
 
     if fmt not in FORMATS:
         raise ImgtrainError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
     src = resolve_model_path(target)
     model, meta = load_model(src)
+    model = float32_copy(model)
     out_dir = Path(out) if out else (Path(target) if Path(target).is_dir() else src.parent) / "export"
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"model{FORMATS[fmt]}" if fmt != "savedmodel" else out_dir / "saved_model"

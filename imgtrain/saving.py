@@ -116,3 +116,23 @@ def load_model(target: str | Path):
     if not meta.get("class_names"):
         meta["class_names"] = [str(i) for i in range(model.output_shape[-1])]
     return model, meta
+
+
+def float32_copy(model):
+    """The same model computing in float32 (a mixed-precision one's variables are float32 already): exporters and
+    runtimes such as ONNX Runtime reject graphs that mix bfloat16 and float32 tensors."""
+    import keras
+
+    if all(layer.dtype_policy.name == "float32" for layer in model.layers):
+        return model
+
+    def plain(node):
+        if isinstance(node, dict):
+            if node.get("class_name") == "DTypePolicy" and str(node.get("config", {}).get("name")).startswith("mixed"):
+                return {**node, "config": {**node["config"], "name": "float32"}}
+            return {k: plain(v) for k, v in node.items()}
+        return [plain(v) for v in node] if isinstance(node, list) else node
+
+    copy = model.__class__.from_config(plain(model.get_config()))
+    copy.set_weights(model.get_weights())
+    return copy

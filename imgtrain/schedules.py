@@ -28,8 +28,9 @@ def make_schedule(cfg: TrainConfig, steps_per_epoch: int):
         warmup_target=lr if warm else None, warmup_steps=warm)
 
 
-def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    lr = make_schedule(cfg, steps_per_epoch)
+def make_optimizer(cfg: TrainConfig, steps_per_epoch: int, lr=None) -> keras.optimizers.Optimizer:
+    """The config's optimizer with its schedule, or with `lr` (a float or schedule) when given."""
+    lr = make_schedule(cfg, steps_per_epoch) if lr is None else lr
     if cfg.optimizer == "adam":
         return keras.optimizers.Adam(lr)
     if cfg.optimizer == "adamw":

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .backend import use_backend, versions
+from .backend import precision, use_backend, versions
 from .config import TrainConfig, load_config, make_config, save_config
 from .errors import ConfigError, ImgtrainError
 from .saving import atomic_write, atomic_write_json
@@ -125,6 +125,21 @@ def fit_inputs(split, cfg: TrainConfig, input_shape, onehot: int, shuffle: bool,
                         skipped=skipped, epoch=epoch)
 
 
+def compile_model(model, cfg: TrainConfig, num_classes: int, optimizer) -> int:
+    """Compile with the config's loss, accuracy metric and XLA setting; returns the one-hot width (0: sparse)."""
+    import keras
+
+    onehot = num_classes if (cfg.label_mode == "onehot" or cfg.label_smoothing > 0) else 0
+    if onehot:
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
+        acc = keras.metrics.CategoricalAccuracy(name="accuracy")
+    else:
+        loss, acc = keras.losses.SparseCategoricalCrossentropy(), keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+    jit = cfg.jit_compile if cfg.jit_compile is not None else (False if cfg.backend == "tensorflow" else "auto")
+    model.compile(optimizer=optimizer, loss=loss, metrics=[acc], jit_compile=jit)
+    return onehot
+
+
 def weights_hash(model) -> str:
     """sha256 over every weight's bytes, in layer order: equal hashes mean bit-identical models."""
     h = hashlib.sha256()
@@ -143,6 +158,11 @@ def train(config: TrainConfig | dict | str | Path | None = None, **overrides) ->
     """Train per `config` (a TrainConfig, a dict, or a YAML/TOML path; keyword overrides win)."""
     cfg = as_config(config, overrides)
     use_backend(cfg.backend)
+    with precision(cfg.precision):
+        return _train(cfg)
+
+
+def _train(cfg: TrainConfig) -> RunResult:
     import keras
 
     from .data import load_dataset
@@ -204,18 +224,11 @@ def _fit_and_score(cfg: TrainConfig, ds, model, weights, run_dir: Path, log: log
     for path, reason in ds.skipped.items():
         log.warning("skipped %s: %s", path, reason)
 
-    onehot = ds.num_classes if (cfg.label_mode == "onehot" or cfg.label_smoothing > 0) else 0
     steps_per_epoch = math.ceil(len(ds.train) / cfg.batch_size)
-    if onehot:
-        loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
-        acc = keras.metrics.CategoricalAccuracy(name="accuracy")
-    else:
-        loss, acc = keras.losses.SparseCategoricalCrossentropy(), keras.metrics.SparseCategoricalAccuracy(name="accuracy")
-    jit = cfg.jit_compile if cfg.jit_compile is not None else (False if cfg.backend == "tensorflow" else "auto")
-    if resume is None:
-        model.compile(optimizer=make_optimizer(cfg, steps_per_epoch), loss=loss, metrics=[acc], jit_compile=jit)
-    else:  # keep the restored optimizer (its step count drives the schedule); only the metric objects are new
-        model.compile(optimizer=model.optimizer, loss=loss, metrics=[acc], jit_compile=jit)
+    # on resume keep the restored optimizer (its step count drives the schedule); only the metric objects are new
+    onehot = compile_model(model, cfg, ds.num_classes, model.optimizer if resume else
+                           make_optimizer(cfg, steps_per_epoch))
+    if resume:
         log.info("resuming after epoch %d of %d from last.keras", resume["epoch"], cfg.epochs)
 
     meta = {"class_names": ds.class_names, "input_shape": list(ds.input_shape), "pixel_range": [0, 255],

@@ -19,6 +19,8 @@ AUGMENTS = {
     "none": lambda: [],
     "shift": lambda: [keras.layers.RandomTranslation(0.1, 0.1, fill_mode="constant")],
     "flip": lambda: [keras.layers.RandomFlip("horizontal")],
+    "flip_shift": lambda: [keras.layers.RandomFlip("horizontal"),
+                           keras.layers.RandomTranslation(0.1, 0.1, fill_mode="constant")],
     # seed 004's ImageDataGenerator: rotation 15°, zoom 0.2, shift 0.1, horizontal flip (shear has no layer)
     "seed004": lambda: [keras.layers.RandomRotation(15 / 360), keras.layers.RandomZoom(0.2),
                         keras.layers.RandomTranslation(0.1, 0.1), keras.layers.RandomFlip("horizontal")],
@@ -55,6 +57,6 @@ def build_model(name: str, input_shape=(28, 28, 1), num_classes: int = 10, augme
                           f"{str(err).splitlines()[0]}") from None
 
 
-from . import cnn, mlp  # noqa: E402,F401  (registers the models)
+from . import cnn, mlp, resnet  # noqa: E402,F401  (registers the models)
 
 __all__ = ["MODELS", "build_model", "register_model", "stem"]

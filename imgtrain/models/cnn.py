@@ -23,16 +23,17 @@ def conv_stack(input_shape, num_classes, augment="none", *, widths=(32, 64), pad
             x = keras.layers.BatchNormalization(name="fc_bn")(x)
         if dropout:
             x = keras.layers.Dropout(dropout)(x)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", name="probs")(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="probs",
+                                 dtype="float32")(x)  # softmax in float32 under mixed precision
     return keras.Model(inputs, outputs, name=name)
 
 
 @register_model
 def cnn_small(input_shape, num_classes, augment="none", dense: int = 256, dropout: float = 0.0,
-              l2: float = 0.0) -> keras.Model:
-    """Seed 000: conv32-pool-conv64-pool-dense256 ('same' padding)."""
+              l2: float = 0.0, bn: bool = False) -> keras.Model:
+    """Seed 000: conv32-pool-conv64-pool-dense256 ('same' padding); `bn` adds BatchNorm after each conv."""
     return conv_stack(input_shape, num_classes, augment, widths=(32, 64), dense=dense, dropout=dropout, l2=l2,
-                      name="cnn_small")
+                      bn=bn, name="cnn_small")
 
 
 @register_model

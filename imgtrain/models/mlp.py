@@ -15,5 +15,6 @@ def mlp(input_shape, num_classes, augment="none", width: int = 128, depth: int =
         x = keras.layers.Dense(width, activation=activation, kernel_regularizer=reg, name=f"hidden{i + 1}")(x)
         if dropout:
             x = keras.layers.Dropout(dropout)(x)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", name="probs")(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="probs",
+                                 dtype="float32")(x)  # softmax in float32 under mixed precision
     return keras.Model(inputs, outputs, name="mlp")

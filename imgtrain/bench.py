@@ -1,0 +1,402 @@
+"""`imgtrain bench`: the seed notes' code against imgtrain's path, on the same models and data, in one process.
+
+Run: `make bench` (all sections, writes benchmarks/results.json and benchmarks/results.md) or
+`imgtrain bench --quick` (small sizes, ~2 min: checks that everything runs, not the speed).
+
+Epochs of the two sides alternate (A, B, A, B, ...) so that a machine whose speed drifts (a shared 2-core VM here
+swings between ~3,000 and ~5,000 img/s on one job) hurts both alike; throughput is the median over the epochs after
+the first (warm-up). Side A is the seed code as the notes write it: float pixels divided by 255 in NumPy, a
+Sequential model, `fit(x, y, batch_size=...)` with Keras' defaults. Side B is imgtrain: uint8 batches in a
+(seed, epoch) order, the rescale inside the model, bfloat16 compute, a larger batch with a one-cycle schedule.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+# imgtrain's settings for the seed models (side B); the learning rate is scaled with the batch
+FAST = dict(precision="mixed_bfloat16", batch_size=256, schedule="onecycle", learning_rate=3e-3, seed=0)
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def matmul_flops(n: int = 4096, dtype: str = "float32", repeats: int = 5) -> float:
+    """Best-of-`repeats` FLOP/s of an n x n matmul: the ceiling that a CNN's convolutions can approach."""
+    import tensorflow as tf
+
+    a = tf.random.normal((n, n), dtype=tf.float32)
+    a = tf.cast(a, dtype)
+    tf.linalg.matmul(a, a).numpy()  # warm-up: oneDNN picks its kernel here
+    best = math.inf
+    for _ in range(repeats):
+        t = time.perf_counter()
+        tf.linalg.matmul(a, a).numpy()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best
+
+
+def forward_flops(model) -> float:
+    """FLOPs of one image's forward pass through the Conv2D and Dense layers (a multiply-add counts 2)."""
+    import keras
+
+    total = 0.0
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, keras.layers.Conv2D):
+            kh, kw = layer.kernel_size
+            _, h, w, c_out = layer.output.shape
+            total += 2.0 * h * w * kh * kw * layer.input.shape[-1] * c_out
+        elif isinstance(layer, keras.layers.Dense):
+            total += 2.0 * layer.input.shape[-1] * layer.units
+    return total
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+# ----- the seed notes' code (side A) -----
+
+def seed000_model():
+    """Seed 000's MNIST CNN, as written in the note: constant Adam 1e-3, sparse labels."""
+    import keras
+    from keras import layers
+
+    model = keras.Sequential([
+        layers.Input((28, 28, 1)),
+        layers.Conv2D(32, 3, padding="same", activation="relu"), layers.MaxPool2D(2, 2, padding="same"),
+        layers.Conv2D(64, 3, padding="same", activation="relu"), layers.MaxPool2D(padding="same"),
+        layers.Flatten(), layers.Dense(256, activation="relu"), layers.Dense(10, activation="softmax")])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def seed004_model(input_shape=(28, 28, 1), classes: int = 10, dense: int = 64, drop=(0.2, 0.5)):
+    """Seed 004's CNN+BatchNorm (Fashion-MNIST: dense 64, dropouts 0.2/0.5; Dogs-vs-Cats: 512, 0.25/0.5)."""
+    import keras
+    from keras.layers import BatchNormalization, Conv2D, Dense, Dropout, Flatten, Input, MaxPooling2D
+
+    stack = [Input(input_shape)]
+    for width in (32, 64, 128):
+        stack += [Conv2D(width, (3, 3), activation="relu"), BatchNormalization(), MaxPooling2D((2, 2)),
+                  Dropout(drop[0])]
+    stack += [Flatten(), Dense(dense, activation="relu"), BatchNormalization(), Dropout(drop[1]),
+              Dense(classes, activation="softmax")]
+    model = keras.Sequential(stack)
+    model.compile(loss="categorical_crossentropy", optimizer="adam", metrics=["accuracy"])
+    return model
+
+
+# ----- the pieces that time things -----
+
+class EpochClock:
+    """Seconds of each epoch, measured inside fit (no data conversion or compile outside the epoch counted)."""
+
+    def __init__(self):
+        import keras
+
+        class Clock(keras.callbacks.Callback):
+            def on_epoch_begin(cb, epoch, logs=None):
+                cb.t = time.perf_counter()
+
+            def on_epoch_end(cb, epoch, logs=None):
+                self.seconds.append(time.perf_counter() - cb.t)
+
+        self.seconds: list[float] = []
+        self.callback = Clock()
+
+
+def training_pair(name: str, dataset: str, epochs: int, limit: int | None, log) -> dict:
+    """Seed code (A) and imgtrain (B) trained in alternating epochs on the same data; test accuracy of each."""
+    import keras
+
+    from .backend import precision
+    from .config import make_config
+    from .data import load_dataset
+    from .models import build_model
+    from .schedules import make_optimizer
+    from .train import compile_model, fit_inputs
+
+    ds = load_dataset(dataset, val_split=0.0, train_limit=limit, test_limit=limit and max(1000, limit // 6))
+    x, y, xt, yt = ds.train.x, ds.train.y, ds.test.x, ds.test.y
+    if name == "seed000":  # the note's preprocessing: float64 pixels / 255 in NumPy, sparse labels, batch 100
+        seed_model, seed_batch, seed_y, seed_yt = seed000_model(), 100, y, yt
+        ours = dict(model="cnn_small")
+    else:  # seed 004 on Fashion-MNIST: float32 / 255, one-hot labels, batch 200
+        seed_model, seed_batch = seed004_model(), 200
+        seed_y, seed_yt = keras.utils.to_categorical(y, 10), keras.utils.to_categorical(yt, 10)
+        ours = dict(model="cnn_bn")
+    xa = (x / 255.0) if name == "seed000" else x.astype("float32") / 255
+    xta = (xt / 255.0) if name == "seed000" else xt.astype("float32") / 255
+
+    cfg = make_config(dataset=dataset, epochs=epochs, val_split=0.0, monitor="loss", **ours, **FAST)
+    with precision(cfg.precision):
+        model = build_model(cfg.model, ds.input_shape, ds.num_classes)
+    steps = math.ceil(len(x) / cfg.batch_size)
+    onehot = compile_model(model, cfg, ds.num_classes, make_optimizer(cfg, steps))
+    batches = fit_inputs(ds.train, cfg, ds.input_shape, onehot, True, {})
+    clock_a, clock_b = EpochClock(), EpochClock()
+    for epoch in range(epochs):
+        seed_model.fit(xa, seed_y, batch_size=seed_batch, epochs=epoch + 1, initial_epoch=epoch, verbose=0,
+                       callbacks=[clock_a.callback])
+        model.fit(batches, epochs=epoch + 1, initial_epoch=epoch, shuffle=False, verbose=0,
+                  callbacks=[clock_b.callback])
+        log(f"  {name} epoch {epoch + 1}/{epochs}: seed {len(x) / clock_a.seconds[-1]:,.0f} img/s, "
+            f"imgtrain {len(x) / clock_b.seconds[-1]:,.0f} img/s")
+    rate = lambda clock: len(x) / statistics.median(clock.seconds[1:] or clock.seconds)  # noqa: E731
+    acc_a = float((seed_model.predict(xta, verbose=0).argmax(1) == yt).mean())
+    acc_b = float((model.predict(xt, batch_size=1024, verbose=0).argmax(1) == yt).mean())
+    out = {"dataset": dataset, "train_images": int(len(x)), "test_images": int(len(xt)), "epochs": epochs,
+           "seed": {"batch_size": seed_batch, "images_per_s": rate(clock_a), "test_accuracy": acc_a,
+                    "epoch_s": clock_a.seconds},
+           "imgtrain": {**ours, **FAST, "images_per_s": rate(clock_b), "test_accuracy": acc_b,
+                        "epoch_s": clock_b.seconds},
+           "mflop_per_train_image": 3 * forward_flops(seed_model) / 1e6}  # backward ~2x forward
+    out["speedup"] = out["imgtrain"]["images_per_s"] / out["seed"]["images_per_s"]
+    out["inference"] = inference_pair(seed_model, xta, model, xt)
+    return out
+
+
+def inference_pair(seed_model, seed_x, model, x, repeats: int = 3) -> dict:
+    """Images/s of `model.predict` as the notes call it (batch 32) against imgtrain's (batch 1024, bfloat16)."""
+
+    def best_rate(fn):
+        fn()
+        return len(x) / min(_timed(fn) for _ in range(repeats))
+
+    return {"seed_images_per_s": best_rate(lambda: seed_model.predict(seed_x, verbose=0)),
+            "imgtrain_images_per_s": best_rate(lambda: model.predict(x, batch_size=1024, verbose=0))}
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+# ----- the folder pipeline (seed 004's Dogs-vs-Cats path) -----
+
+def make_jpeg_folder(root: Path, n: int, size=(320, 240), seed: int = 0) -> Path:
+    """n photo-like JPEGs (smooth colour fields with shapes and grain), half in cats/, half in dogs/."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        folder = root / ("cats" if i % 2 else "dogs")
+        folder.mkdir(parents=True, exist_ok=True)
+        small = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+        im = Image.fromarray(small).resize(size, Image.BICUBIC)
+        draw = ImageDraw.Draw(im)
+        for _ in range(3):
+            x0, y0 = rng.integers(0, size[0] - 40), rng.integers(0, size[1] - 40)
+            draw.ellipse([x0, y0, x0 + rng.integers(20, 120), y0 + rng.integers(20, 100)],
+                         fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+        grain = rng.normal(0, 6, (size[1], size[0], 3))
+        im = Image.fromarray(np.clip(np.asarray(im) + grain, 0, 255).astype(np.uint8))
+        im.save(folder / f"{i}.jpg", quality=90)
+    return root
+
+
+def folder_pipeline(n: int, train_images: int, log) -> dict:
+    """Input pipeline img/s on n generated 320x240 JPEGs resized to 128x128 with seed 004's augmentation, and
+    training img/s of seed 004's Dogs-vs-Cats CNN on 128x128x3 (seed code against imgtrain)."""
+    import keras
+    import tensorflow as tf
+
+    from .backend import precision
+    from .data import load_dataset
+    from .data.batches import ArrayBatches
+    from .models import AUGMENTS
+
+    out = {"images": n, "source_size": [320, 240], "size": [128, 128]}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = make_jpeg_folder(Path(tmp) / "pets", n)
+        from keras.src.legacy.preprocessing.image import ImageDataGenerator  # Keras 3 keeps it only here
+
+        gen = ImageDataGenerator(rotation_range=15, rescale=1.0 / 255, shear_range=0.1, zoom_range=0.2,
+                                 horizontal_flip=True, width_shift_range=0.1, height_shift_range=0.1)
+        flow = gen.flow_from_directory(str(root), target_size=(128, 128), batch_size=15, class_mode="categorical")
+        t = time.perf_counter()
+        for i in range(len(flow)):
+            flow[i]
+        out["seed_imagedatagenerator_images_per_s"] = n / (time.perf_counter() - t)
+        log(f"  folder: seed ImageDataGenerator {out['seed_imagedatagenerator_images_per_s']:,.0f} img/s")
+
+        old = os.environ.get("IMGTRAIN_DATA")
+        os.environ["IMGTRAIN_DATA"] = str(Path(tmp) / "cache")  # a cold decode cache
+        try:
+            t = time.perf_counter()
+            ds = load_dataset(f"folder:{root}", image_size=(128, 128), channels=3, val_split=0.0, test_split=0.0,
+                              stream=False)
+            out["imgtrain_first_epoch_images_per_s"] = n / (time.perf_counter() - t)
+            t = time.perf_counter()
+            ds = load_dataset(f"folder:{root}", image_size=(128, 128), channels=3, val_split=0.0, test_split=0.0,
+                              stream=False)
+            out["imgtrain_cached_load_images_per_s"] = n / (time.perf_counter() - t)
+        finally:
+            os.environ.pop("IMGTRAIN_DATA") if old is None else os.environ.__setitem__("IMGTRAIN_DATA", old)
+        augment = keras.Sequential(AUGMENTS["seed004"]())
+        step = tf.function(lambda xb: augment(tf.cast(xb, tf.float32), training=True))
+        batches = ArrayBatches(ds.train.x, ds.train.y, 64, seed=0)
+        step(batches[0][0])  # trace once
+        t = time.perf_counter()
+        for i in range(len(batches)):
+            step(batches[i][0]).numpy()
+        out["imgtrain_later_epoch_images_per_s"] = n / (time.perf_counter() - t)
+        log(f"  folder: imgtrain decode {out['imgtrain_first_epoch_images_per_s']:,.0f} img/s, cache "
+            f"{out['imgtrain_cached_load_images_per_s']:,.0f} img/s, epoch with augmentation "
+            f"{out['imgtrain_later_epoch_images_per_s']:,.0f} img/s")
+
+    # training throughput of the Dogs-vs-Cats CNN (0.9 GFLOP per training image): arrays in memory, 2 rounds each
+    x = np.random.default_rng(0).integers(0, 256, (train_images, 128, 128, 3), dtype=np.uint8)
+    y = np.arange(train_images) % 2
+    seed_model = seed004_model((128, 128, 3), 2, dense=512, drop=(0.25, 0.5))
+    xa, ya = x.astype("float32") / 255, keras.utils.to_categorical(y, 2)
+    from .models import build_model
+
+    with precision("mixed_bfloat16"):
+        model = build_model("cnn_bn", (128, 128, 3), 2, dense=512, conv_dropout=0.25, dropout=0.5)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", jit_compile=False)
+    a_clock, b_clock = EpochClock(), EpochClock()
+    for epoch in range(3):
+        seed_model.fit(xa, ya, batch_size=15, epochs=epoch + 1, initial_epoch=epoch, verbose=0,
+                       callbacks=[a_clock.callback])
+        model.fit(ArrayBatches(x, y, 64, seed=0, epoch=epoch), epochs=epoch + 1, initial_epoch=epoch,
+                  shuffle=False, verbose=0, callbacks=[b_clock.callback])
+    out["train_mflop_per_image"] = 3 * forward_flops(seed_model) / 1e6
+    out["seed_train_images_per_s"] = train_images / statistics.median(a_clock.seconds[1:])
+    out["imgtrain_train_images_per_s"] = train_images / statistics.median(b_clock.seconds[1:])
+    log(f"  dogs-vs-cats CNN 128x128: seed {out['seed_train_images_per_s']:,.0f} img/s, imgtrain "
+        f"{out['imgtrain_train_images_per_s']:,.0f} img/s")
+    return out
+
+
+# ----- time to accuracy: cold `imgtrain train --preset NAME` processes -----
+
+def preset_runs(names: list[str], repeats: int, log) -> dict:
+    import subprocess
+    import sys
+
+    from .presets import PRESETS
+
+    out = {}
+    for name in names:
+        runs = []
+        for i in range(repeats):
+            with tempfile.TemporaryDirectory() as tmp:
+                cmd = [sys.executable, "-m", "imgtrain.cli", "train", "--preset", name, "--out", f"{tmp}/run",
+                       "--set", "verbose=quiet"]
+                t = time.perf_counter()
+                proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                _, _, usage = os.wait4(proc.pid, 0)  # the child's own peak RSS
+                wall = time.perf_counter() - t
+                stdout, stderr = proc.communicate()
+                if proc.returncode:
+                    raise RuntimeError(f"preset {name} failed: {stderr.strip().splitlines()[-1:]}")
+                metrics = json.loads((Path(tmp) / "run" / "metrics.json").read_text())
+            runs.append({"wall_s": wall, "test_accuracy": metrics["test_accuracy"],
+                         "peak_rss_mib": usage.ru_maxrss / 1024})
+            log(f"  preset {name} run {i + 1}/{repeats}: {metrics['test_accuracy']:.4f} in {wall:.1f} s")
+        target = PRESETS.get(name).get("target")
+        out[name] = {"target": target, "runs": runs,
+                     "median_wall_s": statistics.median(r["wall_s"] for r in runs),
+                     "median_test_accuracy": statistics.median(r["test_accuracy"] for r in runs)}
+    return out
+
+
+# ----- the whole benchmark -----
+
+def run_bench(quick: bool = False, presets: list[str] | None = None, repeats: int = 3, log=print) -> dict:
+    import keras
+    import tensorflow as tf
+
+    flags = cpu_flags()
+    n = 2048 if quick else 4096
+    result = {"date": time.strftime("%Y-%m-%d"), "quick": quick,
+              "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "bf16": bool({"avx512_bf16", "amx_bf16"} & flags),
+                          "python": platform.python_version(), "keras": keras.__version__,
+                          "tensorflow": tf.__version__}}
+    result["matmul_gflops"] = {"float32": matmul_flops(n, "float32") / 1e9,
+                               "bfloat16": matmul_flops(n, "bfloat16") / 1e9}
+    log(f"matmul {n}x{n}: {result['matmul_gflops']['float32']:.0f} GFLOP/s float32, "
+        f"{result['matmul_gflops']['bfloat16']:.0f} GFLOP/s bfloat16")
+    epochs, limit = (2, 6000) if quick else (5, None)
+    result["training"] = {}
+    for name, dataset in (("seed000", "mnist"), ("seed004", "fashion_mnist")):
+        log(f"{name} on {dataset}: {epochs} epochs each, alternating")
+        pair = training_pair(name, dataset, epochs, limit, log)
+        for side, peak in (("seed", "float32"), ("imgtrain", "bfloat16")):
+            pair[side]["peak_fraction"] = (pair[side]["images_per_s"] * pair["mflop_per_train_image"] * 1e6
+                                           / (result["matmul_gflops"][peak] * 1e9))
+        result["training"][name] = pair
+    log("folder pipeline")
+    result["folder"] = folder_pipeline(600 if quick else 3000, 64 if quick else 480, log)
+    if presets:
+        log("time to accuracy (cold processes)")
+        result["presets"] = preset_runs(presets, repeats, log)
+    result["peak_rss_mib"] = peak_rss_mib()
+    return result
+
+
+def markdown(result: dict) -> str:
+    m = result["machine"]
+    lines = [f"Measured {result['date']} on {m['cpu']} ({m['cores']} cores, bfloat16 "
+             f"{'yes' if m['bf16'] else 'no'}), Keras {m['keras']}, TensorFlow {m['tensorflow']}"
+             + (" — quick mode, small sizes" if result["quick"] else "") + ".",
+             f"Matmul ceiling: {result['matmul_gflops']['float32']:.0f} GFLOP/s float32, "
+             f"{result['matmul_gflops']['bfloat16']:.0f} GFLOP/s bfloat16.", "",
+             "| job | seed code img/s | imgtrain img/s | speed-up | seed test acc | imgtrain test acc | "
+             "share of peak (seed / imgtrain) | inference img/s (seed / imgtrain) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, p in result["training"].items():
+        a, b, inf = p["seed"], p["imgtrain"], p["inference"]
+        lines.append(f"| {name} ({p['dataset']}, {p['epochs']} epochs) | {a['images_per_s']:,.0f} | "
+                     f"{b['images_per_s']:,.0f} | **{p['speedup']:.2f}×** | {a['test_accuracy']:.4f} | "
+                     f"{b['test_accuracy']:.4f} | {a['peak_fraction']:.0%} / {b['peak_fraction']:.0%} | "
+                     f"{inf['seed_images_per_s']:,.0f} / {inf['imgtrain_images_per_s']:,.0f} |")
+    f = result["folder"]
+    lines += ["", f"Folder pipeline, {f['images']} JPEGs 320×240 → 128×128, seed 004's augmentation:", "",
+              "| path | img/s |", "|---|---|",
+              f"| seed `ImageDataGenerator` (one epoch) | {f['seed_imagedatagenerator_images_per_s']:,.0f} |",
+              f"| imgtrain first epoch (decode at reduced size, threads) | {f['imgtrain_first_epoch_images_per_s']:,.0f} |",
+              f"| imgtrain next run (uint8 cache by path, size, mtime) | {f['imgtrain_cached_load_images_per_s']:,.0f} |",
+              f"| imgtrain later epochs (in memory, augmentation on the fly) | {f['imgtrain_later_epoch_images_per_s']:,.0f} |",
+              f"| training, Dogs-vs-Cats CNN ({f['train_mflop_per_image']:.0f} MFLOP/img): seed → imgtrain | "
+              f"{f['seed_train_images_per_s']:,.0f} → {f['imgtrain_train_images_per_s']:,.0f} |"]
+    if result.get("presets"):
+        lines += ["", "Time to accuracy, cold `imgtrain train --preset NAME` (median of "
+                  f"{len(next(iter(result['presets'].values()))['runs'])} runs):", "",
+                  "| preset | target | median test acc | median wall s | peak RSS MiB |", "|---|---|---|---|---|"]
+        for name, p in result["presets"].items():
+            t = p["target"] or {}
+            lines.append(f"| `{name}` | {t.get('accuracy', '-')} in ≤ {t.get('seconds', '-')} s | "
+                         f"{p['median_test_accuracy']:.4f} | {p['median_wall_s']:.1f} | "
+                         f"{max(r['peak_rss_mib'] for r in p['runs']):,.0f} |")
+    lines += ["", f"Peak RSS of the benchmark process: {result['peak_rss_mib']:,.0f} MiB."]
+    return "\n".join(lines)
