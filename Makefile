@@ -10,7 +10,7 @@ MNIST_SHA256 := 0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d
 FASHION      := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
 CHROMEDRIVER := /usr/bin/chromedriver
 
-.PHONY: setup data demo test lock clean
+.PHONY: setup data demo test bench lock clean
 
 setup: $(VENV)/.installed
 
@@ -41,6 +41,11 @@ demo: setup data
 
 test: setup data $(CHROMEDRIVER)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# Seed code against imgtrain, alternating A/B, plus cold time-to-accuracy runs of every preset (~30 min on 2 cores);
+# writes benchmarks/results.json and benchmarks/results.md (the table in README.md).
+bench: setup data
+	$(BIN)/imgtrain bench --preset all --out benchmarks
 
 # Re-pin every dependency from pyproject.toml into constraints.txt.
 lock:

@@ -55,7 +55,9 @@ def decode(source: str | Path | bytes, size: tuple[int, int], channels: int,
             raise ImageTooLarge(f"{im.width}x{im.height} pixels is over the limit of {max_pixels:,}")
         h, w = size
         if im.format == "JPEG" and im.mode in ("L", "RGB"):
-            im.draft("L" if channels == 1 else "RGB", (w, h))  # DCT-domain downscale: far less to decode
+            # DCT-domain downscale (1/2, 1/4, 1/8): far less to decode. Each side may come out down to 3/4 of the
+            # target, so the resize then upsamples by at most 4/3 (320x240 -> 128x128 decodes at 160x120, 3x faster)
+            im.draft("L" if channels == 1 else "RGB", ((w * 3 + 3) // 4, (h * 3 + 3) // 4))
         im = ImageOps.exif_transpose(im)
         if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
             im = _to_8bit(im)
