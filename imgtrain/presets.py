@@ -23,7 +23,7 @@ preset("mnist-995", "MNIST 99.5%: the small ResNet-9 with shifts, a few epochs",
        learning_rate=4e-3, weight_decay=5e-4, label_smoothing=0.1)
 preset("fashion-91", "Fashion-MNIST 91% fast: seed 000's CNN with dropout, bfloat16, one-cycle",
        {"accuracy": 0.910, "seconds": 30},
-       dataset="fashion_mnist", model="cnn_small", model_options={"dropout": 0.3}, epochs=4, batch_size=256,
+       dataset="fashion_mnist", model="cnn_small", model_options={"dropout": 0.3}, epochs=4, batch_size=128,
        learning_rate=3e-3, schedule="onecycle")
 preset("fashion-935", "Fashion-MNIST 93.5%: the small ResNet-9, horizontal flips, label smoothing",
        {"accuracy": 0.935, "seconds": 300},

@@ -1,12 +1,16 @@
+from pathlib import Path
+
 import pytest
 
 from imgtrain.config import TrainConfig, load_config, make_config, save_config
 from imgtrain.errors import ConfigError
 
 
-def test_defaults_are_the_demo_job():
+def test_defaults_and_the_demo_job():
     cfg = TrainConfig()
-    assert (cfg.dataset, cfg.model, cfg.schedule) == ("fashion_mnist", "cnn_bn", "onecycle")
+    assert (cfg.dataset, cfg.model, cfg.schedule, cfg.precision) == ("fashion_mnist", "cnn_bn", "onecycle", "float32")
+    demo = load_config(Path(__file__).parents[1] / "configs" / "demo.yaml")
+    assert (demo.dataset, demo.model, demo.precision) == ("fashion_mnist", "resnet9", "mixed_bfloat16")
 
 
 def test_unknown_key_names_the_valid_keys():
