@@ -31,6 +31,11 @@ def train(
     train_limit: Optional[int] = typer.Option(None, "--train-limit", help="use at most N training images"),
     set_: List[str] = typer.Option([], "--set", help="KEY=VALUE for any config key, e.g. model_options.dense=512"),
     no_report: bool = typer.Option(False, "--no-report", help="skip the plots and report.html"),
+    distribute: Optional[str] = typer.Option(None, "--distribute", help="none or data-parallel (needs --backend jax; "
+                                                                       "docs/distributed.md)"),
+    num_processes: Optional[int] = typer.Option(None, "--num-processes", help="processes in the job (data-parallel)"),
+    process_id: Optional[int] = typer.Option(None, "--process-id", help="this process: 0 to N-1; 0 writes the run"),
+    coordinator: Optional[str] = typer.Option(None, "--coordinator", help="HOST:PORT where process 0 listens"),
 ):
     """Train a model; writes a run directory with config, history, checkpoints and test metrics."""
     from .backend import use_backend
@@ -38,7 +43,8 @@ def train(
 
     flags = dict(dataset=dataset, model=model, epochs=epochs, batch_size=batch_size, learning_rate=lr,
                  optimizer=optimizer, schedule=schedule, augment=augment, seed=seed, backend=backend, out=out,
-                 train_limit=train_limit, report=False if no_report else None)
+                 train_limit=train_limit, report=False if no_report else None, distribute=distribute,
+                 num_processes=num_processes, process_id=process_id, coordinator=coordinator)
     cfg = load_config(config, flags, set_)
     use_backend(cfg.backend)
     from .data import parse_name
@@ -48,6 +54,11 @@ def train(
     from .train import train as run_training
 
     result = run_training(cfg)
+    from .distributed import is_chief
+
+    if not is_chief():
+        typer.echo(f"done; process 0 writes the run directory: {result.run_dir}")
+        return
     m = result.metrics
     typer.echo(f"run directory: {result.run_dir}")
     if "test_accuracy" in m:
