@@ -69,6 +69,45 @@ def train(
 
 
 @app.command()
+def tune(
+    config: Path = typer.Argument(..., help="YAML or TOML config that every trial starts from"),
+    trials: int = typer.Option(20, "--trials", "-n", help="finished trials (complete or pruned) the search should hold"),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="seconds after which no new trial starts"),
+    name: Optional[str] = typer.Option(None, "--name", help="the search's folder under --dir "
+                                                            "(default tune-<dataset>-<model>)"),
+    folder: Path = typer.Option(Path("runs"), "--dir", help="folder that holds the search's folder"),
+    params: List[str] = typer.Option([], "--param", help="search only this parameter (repeatable): learning_rate, "
+                                                         "batch_size, width, dropout, weight_decay, schedule"),
+    set_: List[str] = typer.Option([], "--set", help="KEY=VALUE for any config key of the base config"),
+):
+    """Search hyper-parameters with Optuna: each trial a run directory, the study in SQLite (a killed search
+    resumes), bad trials pruned per epoch; writes best.yaml and tune.html."""
+    from .backend import use_backend
+    from .config import load_config
+
+    cfg = load_config(config, None, set_)
+    use_backend(cfg.backend)
+    from .tune import tune as run_search
+
+    def line(row):
+        values = "  ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row["params"].items())
+        value = f"{row['value']:.4f}" if row["value"] is not None else "-"
+        seconds = f"{row['seconds']:.0f} s" if row["seconds"] is not None else "-"
+        typer.echo(f"trial {row['number']:>3}  {row['state']:<8}  {cfg.monitor} {value}  {values}  {seconds}  "
+                   f"{row['run_dir']}")
+
+    result = run_search(cfg, trials, timeout, name, folder, params, progress=line)
+    counts = {s: sum(r["state"] == s for r in result.trials) for s in ("complete", "pruned", "fail")}
+    typer.echo(f"search {result.study_dir}: {len(result.trials)} trials ({counts['complete']} complete, "
+               f"{counts['pruned']} pruned, {counts['fail']} failed), study {result.study_dir / 'study.db'}")
+    if result.best:
+        typer.echo(f"best: trial {result.best['number']}, {cfg.monitor} {result.best['value']:.4f}, "
+                   f"{result.best['run_dir']}")
+        typer.echo(f"best config: {result.best_config}   train it: imgtrain train --config {result.best_config}")
+    typer.echo(f"report: {result.report}")
+
+
+@app.command()
 def replay(
     run_dir: Path = typer.Argument(..., help="a finished run directory"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="where the replay goes (default RUN_DIR-replay)"),

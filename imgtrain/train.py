@@ -149,8 +149,11 @@ def progress_mode(cfg: TrainConfig) -> int:
     return {"bar": 1, "epoch": 2, "quiet": 0}[cfg.verbose]
 
 
-def train(config: TrainConfig | dict | str | Path | None = None, **overrides) -> RunResult:
-    """Train per `config` (a TrainConfig, a dict, or a YAML/TOML path; keyword overrides win).
+def train(config: TrainConfig | dict | str | Path | None = None, *, callbacks: list | tuple = (),
+          **overrides) -> RunResult:
+    """Train per `config` (a TrainConfig, a dict, or a YAML/TOML path; keyword overrides win). `callbacks`: more
+    Keras callbacks, run after imgtrain's own that steer training and before those that save (`imgtrain tune`'s
+    pruning stops a run there, and the checkpoint records it as ended).
 
     With `distribute: data-parallel` every process of the job calls this with the same config; process 0 writes
     the run directory and returns the metrics, the others return their history and empty metrics."""
@@ -160,10 +163,10 @@ def train(config: TrainConfig | dict | str | Path | None = None, **overrides) ->
 
     t_start = time.perf_counter()
     with join(cfg) as cluster:  # one process unless cfg.distribute; then Keras' DataParallel is set meanwhile
-        return _train(cluster, t_start)
+        return _train(cluster, t_start, list(callbacks))
 
 
-def _train(cluster, t_start: float) -> RunResult:
+def _train(cluster, t_start: float, extra: list) -> RunResult:
     import keras
 
     from .data import load_dataset
@@ -196,7 +199,7 @@ def _train(cluster, t_start: float) -> RunResult:
     agree(cluster, "the epoch to resume from", resume["epoch"] if resume else 0)
     log = run_logger(make_run_dir(run_dir) if cluster.chief else None)
     try:
-        return _fit_and_score(cluster, ds, model, weights, run_dir, log, t_start, resume)
+        return _fit_and_score(cluster, ds, model, weights, run_dir, log, t_start, resume, extra)
     except OSError as err:
         log.error("stopped by %s: %s", type(err).__name__, err)
         if err.errno != errno.ENOSPC:
@@ -213,7 +216,7 @@ def _train(cluster, t_start: float) -> RunResult:
 
 
 def _fit_and_score(cluster, ds, model, weights, run_dir: Path, log: logging.Logger,
-                   t_start: float, resume: dict | None) -> RunResult:
+                   t_start: float, resume: dict | None, extra: list) -> RunResult:
     import keras
 
     from .callbacks import (BestCheckpoint, EpochSeeds, EpochStats, GracefulStop, HistoryFile, LastCheckpoint,
@@ -299,7 +302,7 @@ def _fit_and_score(cluster, ds, model, weights, run_dir: Path, log: logging.Logg
         writers.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False, profile_batch=0))
     # every process runs the callbacks that steer training (all see the same metrics); only process 0 writes files
     callbacks = [keras.callbacks.TerminateOnNaN(), stop, EpochSeeds(cfg.seed), EpochStats(),
-                 *[c for c in (early, plateau) if c], *(writers if chief else [])]
+                 *[c for c in (early, plateau) if c], *extra, *(writers if chief else [])]
     # shuffle=False: the batches already come in the (seed, epoch) order; Keras would reorder them with the
     # global NumPy generator, whose state a resumed process does not have
     # a run killed after early stopping ended it (while scoring, say) has nothing left to train

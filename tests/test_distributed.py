@@ -1,7 +1,6 @@
 """Data-parallel training for real on one machine: two `imgtrain train` processes joined over a localhost port, and
 two virtual CPU devices in one process (XLA's host device count), against a one-process run of the same config."""
 import json
-import os
 import signal
 import socket
 import subprocess
