@@ -2,7 +2,6 @@
 one would have seen. Keras' own array shuffling draws from a generator whose state a new process cannot restore."""
 from __future__ import annotations
 
-
 import keras
 import numpy as np
 
