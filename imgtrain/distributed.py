@@ -47,8 +47,11 @@ class Cluster:
         return self.process_id == 0
 
     @property
-    def sharding(self) -> dict:
-        """ArrayBatches options: this process's part of each global batch, trimmed to a multiple of the devices."""
+    def sharding(self) -> dict | None:
+        """ArrayBatches options: this process's part of each global batch, trimmed to a multiple of the devices
+        (None when the run is not distributed)."""
+        if self.config.distribute == "none":
+            return None
         return {"shard": (self.process_id, self.num_processes), "multiple": self.replicas}
 
     def summary(self) -> dict:

@@ -112,3 +112,43 @@ def test_mistakes_are_one_line_errors(tmp_path, args, env, expect):
     proc = run_cli(*ARGS, *DP, *args, "--out", tmp_path / "run", env=env, check=False)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(expect), proc.stderr[-2000:]
     assert len([line for line in proc.stderr.splitlines() if line.startswith("error:")]) == 1
+
+
+def test_process_shards_make_up_the_one_process_batches():
+    import numpy as np
+
+    from imgtrain.data.batches import ArrayBatches
+
+    x, y = np.arange(1003)[:, None], np.arange(1003)  # 15 batches of 64 and 43 rows: the last trimmed to 42
+    one = ArrayBatches(x, y, 64, seed=3, epoch=1, multiple=2)  # one process, two devices
+    two = [ArrayBatches(x, y, 64, seed=3, epoch=1, shard=(p, 2), multiple=2) for p in (0, 1)]
+    assert len(one) == len(two[0]) == len(two[1]) == 16 and one.rows_per_pass == 1002
+    for i in range(16):
+        a, b = two[0][i][1], two[1][i][1]
+        assert len(a) == len(b) and np.array_equal(np.concatenate([a, b]), one[i][1])
+    plain = ArrayBatches(x, y, 64, seed=3, epoch=1)  # a one-device run keeps every row, as before
+    assert len(plain) == 16 and len(plain[15][1]) == 43 and np.array_equal(plain[3][1], one[3][1])
+    assert len(ArrayBatches(x, y, 64, seed=3, multiple=64)) == 15  # 43 rows cannot fill 64 devices: dropped
+
+
+def test_the_job_shape_comes_from_flags_then_the_engines_variables(monkeypatch):
+    from imgtrain.config import make_config
+    from imgtrain.distributed import resolve
+
+    monkeypatch.setenv("KERAS_DISTRIBUTION_JOB_ADDRESSES", "10.0.0.1:1234,10.0.0.2:2345")
+    monkeypatch.setenv("KERAS_DISTRIBUTION_NUM_PROCESSES", "2")
+    monkeypatch.setenv("KERAS_DISTRIBUTION_PROCESS_ID", "1")
+    cfg = resolve(make_config(backend="jax", distribute="data-parallel"))
+    assert (cfg.num_processes, cfg.process_id, cfg.coordinator) == (2, 1, "10.0.0.1:1234")
+    cfg = resolve(make_config(backend="jax", distribute="data-parallel", process_id=0, coordinator="h:1"))
+    assert (cfg.num_processes, cfg.process_id, cfg.coordinator) == (2, 0, "h:1")
+
+
+def test_learning_rate_scales_with_the_global_batch_only_when_asked():
+    from imgtrain.config import make_config
+    from imgtrain.schedules import peak_lr
+
+    cfg = dict(learning_rate=1e-3, batch_size=512, lr_base_batch=128)
+    assert peak_lr(make_config(**cfg)) == 1e-3
+    assert peak_lr(make_config(**cfg, lr_scaling="linear")) == pytest.approx(4e-3)
+    assert peak_lr(make_config(**cfg, lr_scaling="sqrt")) == pytest.approx(2e-3)
