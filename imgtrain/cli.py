@@ -32,6 +32,11 @@ def train(
     train_limit: Optional[int] = typer.Option(None, "--train-limit", help="use at most N training images"),
     set_: List[str] = typer.Option([], "--set", help="KEY=VALUE for any config key, e.g. model_options.dense=512"),
     no_report: bool = typer.Option(False, "--no-report", help="skip the plots and report.html"),
+    distribute: Optional[str] = typer.Option(None, "--distribute", help="none or data-parallel (needs --backend jax; "
+                                                                       "docs/distributed.md)"),
+    num_processes: Optional[int] = typer.Option(None, "--num-processes", help="processes in the job (data-parallel)"),
+    process_id: Optional[int] = typer.Option(None, "--process-id", help="this process: 0 to N-1; 0 writes the run"),
+    coordinator: Optional[str] = typer.Option(None, "--coordinator", help="HOST:PORT where process 0 listens"),
 ):
     """Train a model; writes a run directory with config, history, checkpoints and test metrics."""
     from .backend import use_backend
@@ -39,7 +44,8 @@ def train(
 
     flags = dict(dataset=dataset, model=model, epochs=epochs, batch_size=batch_size, learning_rate=lr,
                  optimizer=optimizer, schedule=schedule, augment=augment, seed=seed, backend=backend, out=out,
-                 train_limit=train_limit, report=False if no_report else None)
+                 train_limit=train_limit, report=False if no_report else None, distribute=distribute,
+                 num_processes=num_processes, process_id=process_id, coordinator=coordinator)
     cfg = load_config(config, flags, set_, base=_preset(preset))
     use_backend(cfg.backend)
     from .data import parse_name
@@ -49,6 +55,11 @@ def train(
     from .train import train as run_training
 
     result = run_training(cfg)
+    from .distributed import is_chief
+
+    if not is_chief():
+        typer.echo(f"done; process 0 writes the run directory: {result.run_dir}")
+        return
     m = result.metrics
     typer.echo(f"run directory: {result.run_dir}")
     if "test_accuracy" in m:
@@ -67,16 +78,19 @@ def _preset(name: Optional[str]) -> dict:
 
 
 @app.command()
-def presets():
+def presets(show: Optional[str] = typer.Option(None, "--show", help="print this preset as a config file")):
     """Named recipes for `imgtrain train --preset NAME`, with the target each was tuned for."""
     import yaml
 
-    from .presets import PRESETS
+    from .presets import PRESETS, preset_config
 
+    if show:
+        typer.echo(f"# imgtrain preset {show}: {PRESETS.get(show)['about']}")
+        typer.echo(yaml.safe_dump(preset_config(show), sort_keys=False).rstrip())
+        return
     for name, p in PRESETS.items():
         t = p["target"]
-        typer.echo(f"{name:<13} {p['about']} (target {t['accuracy']:.1%} test in <= {t['seconds']} s)")
-        typer.echo("".join(f"    {line}\n" for line in yaml.safe_dump(p["config"], sort_keys=False).splitlines()))
+        typer.echo(f"{name:<12} {t['accuracy']:.1%} in <= {t['seconds']:>3} s   {p['about']}")
 
 
 @app.command()
@@ -138,6 +152,45 @@ def lr_find_cmd(
     typer.echo(f"suggested learning rate: {s['steepest']:.2g} (steepest descent); {s['minimum_div10']:.2g} "
                f"(a tenth of the minimum)")
     typer.echo(f"plot: {out / 'lr_find.png'}")
+
+
+@app.command()
+def tune(
+    config: Path = typer.Argument(..., help="YAML or TOML config that every trial starts from"),
+    trials: int = typer.Option(20, "--trials", "-n", help="finished trials (complete or pruned) the search should hold"),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="seconds after which no new trial starts"),
+    name: Optional[str] = typer.Option(None, "--name", help="the search's folder under --dir "
+                                                            "(default tune-<dataset>-<model>)"),
+    folder: Path = typer.Option(Path("runs"), "--dir", help="folder that holds the search's folder"),
+    params: List[str] = typer.Option([], "--param", help="search only this parameter (repeatable): learning_rate, "
+                                                         "batch_size, width, dropout, weight_decay, schedule"),
+    set_: List[str] = typer.Option([], "--set", help="KEY=VALUE for any config key of the base config"),
+):
+    """Search hyper-parameters with Optuna: each trial a run directory, the study in SQLite (a killed search
+    resumes), bad trials pruned per epoch; writes best.yaml and tune.html."""
+    from .backend import use_backend
+    from .config import load_config
+
+    cfg = load_config(config, None, set_)
+    use_backend(cfg.backend)
+    from .tune import tune as run_search
+
+    def line(row):
+        values = "  ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row["params"].items())
+        value = f"{row['value']:.4f}" if row["value"] is not None else "-"
+        seconds = f"{row['seconds']:.0f} s" if row["seconds"] is not None else "-"
+        typer.echo(f"trial {row['number']:>3}  {row['state']:<8}  {cfg.monitor} {value}  {values}  {seconds}  "
+                   f"{row['run_dir']}")
+
+    result = run_search(cfg, trials, timeout, name, folder, params, progress=line)
+    counts = {s: sum(r["state"] == s for r in result.trials) for s in ("complete", "pruned", "fail")}
+    typer.echo(f"search {result.study_dir}: {len(result.trials)} trials ({counts['complete']} complete, "
+               f"{counts['pruned']} pruned, {counts['fail']} failed), study {result.study_dir / 'study.db'}")
+    if result.best:
+        typer.echo(f"best: trial {result.best['number']}, {cfg.monitor} {result.best['value']:.4f}, "
+                   f"{result.best['run_dir']}")
+        typer.echo(f"best config: {result.best_config}   train it: imgtrain train --config {result.best_config}")
+    typer.echo(f"report: {result.report}")
 
 
 @app.command()

@@ -41,7 +41,11 @@ class TrainConfig(BaseModel):
     epochs: int = Field(15, gt=0, description="passes over the training set")
     batch_size: int = Field(128, gt=0, description="images per gradient step")
     optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
-    learning_rate: float = Field(2e-3, gt=0.0, description="peak learning rate")
+    learning_rate: float = Field(2e-3, gt=0.0, description="peak learning rate (at lr_base_batch when lr_scaling)")
+    lr_scaling: Literal["none", "linear", "sqrt"] = Field(
+        "none", description="peak rate × batch_size/lr_base_batch (linear, Goyal et al. 2017) or its square root; "
+                            "for a global batch grown with the number of devices")
+    lr_base_batch: int = Field(128, gt=0, description="lr_scaling: the batch size at which learning_rate is the peak")
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum / RMSprop momentum")
     weight_decay: float = Field(0.0, ge=0.0, description="decoupled weight decay (adamw, sgd)")
     schedule: Literal["constant", "step", "cosine", "onecycle"] = Field(
@@ -78,10 +82,31 @@ class TrainConfig(BaseModel):
     verbose: Literal["auto", "bar", "epoch", "quiet"] = Field(
         "auto", description="progress: a bar with ETA on a terminal, one line per epoch otherwise")
 
+    # several devices or processes (docs/distributed.md)
+    distribute: Literal["none", "data-parallel"] = Field(
+        "none", description="data-parallel: Keras' DataParallel over every device of every process (backend jax); "
+                            "batch_size stays the global batch")
+    num_processes: Optional[int] = Field(
+        None, gt=0, description="processes in the job; None: $KERAS_DISTRIBUTION_NUM_PROCESSES, else 1")
+    process_id: Optional[int] = Field(
+        None, ge=0, description="this process, 0 to num_processes-1 (0 writes the run directory); "
+                                "None: $KERAS_DISTRIBUTION_PROCESS_ID, else 0")
+    coordinator: Optional[str] = Field(
+        None, description="HOST:PORT where process 0 listens; None: $KERAS_DISTRIBUTION_JOB_ADDRESSES, "
+                          "else $JAX_COORDINATOR_ADDRESS")
+
     @model_validator(mode="after")
     def _consistent(self) -> "TrainConfig":
         if self.monitor.startswith("val_") and self.val_split == 0:
             raise ValueError(f"monitor {self.monitor!r} needs val_split > 0; use monitor 'accuracy' or 'loss'")
+        if self.distribute != "none" and self.backend != "jax":
+            raise ValueError(f"distribute {self.distribute!r} runs on backend 'jax' (got {self.backend!r}): Keras 3's "
+                             "fit under TensorFlow's MultiWorkerMirroredStrategy fails (keras-team/keras#20585)")
+        if self.distribute == "none" and (self.num_processes or 0) > 1:
+            raise ValueError(f"num_processes {self.num_processes} needs distribute 'data-parallel' (got 'none')")
+        if self.process_id is not None and self.num_processes is not None and self.process_id >= self.num_processes:
+            raise ValueError(f"process_id {self.process_id} is not below num_processes {self.num_processes}; "
+                             f"valid: 0 to {self.num_processes - 1}")
         if self.reduce_lr_patience and self.schedule != "constant":
             raise ValueError(f"reduce_lr_patience needs schedule 'constant' (got {self.schedule!r}): "
                              "a plateau cut and a schedule both set the learning rate")

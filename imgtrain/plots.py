@@ -140,3 +140,39 @@ def compare(histories: dict[str, dict[str, list[float]]], key: str = "val_accura
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return fig
+
+
+def search_history(trials: list[dict], metric: str, maximize: bool) -> Figure:
+    """A hyper-parameter search: each trial's value (complete: dots, pruned: crosses at their last reported value)
+    and the best so far, against the trial number. `trials`: {"number", "state", "value"} rows."""
+    fig = Figure(figsize=(8, 4), layout="constrained")
+    ax = fig.subplots()
+    for state, style in (("complete", "o"), ("pruned", "x")):
+        rows = [t for t in trials if t["state"] == state and t["value"] is not None]
+        ax.plot([t["number"] for t in rows], [t["value"] for t in rows], style, label=state)
+    done = sorted((t["number"], t["value"]) for t in trials if t["state"] == "complete" and t["value"] is not None)
+    if done:
+        best = np.maximum.accumulate if maximize else np.minimum.accumulate
+        ax.step([n for n, _ in done], best(np.array([v for _, v in done])), where="post", color="gray",
+                label="best so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel(metric)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right" if maximize else "upper right")
+    ax.set_title("optimisation history")
+    return fig
+
+
+def importances(scores: dict[str, float], note: str = "") -> Figure:
+    """Hyper-parameter importances (fractions of the value's variance, largest on top); `note` when there are none."""
+    fig = Figure(figsize=(7, max(2.5, 0.45 * len(scores) + 1.2)), layout="constrained")
+    ax = fig.subplots()
+    names = list(scores)[::-1]
+    ax.barh(names, [scores[n] for n in names])
+    if not scores:
+        ax.text(0.5, 0.5, note or "no importances", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("importance (fANOVA, sums to 1)")
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title("parameter importances")
+    return fig

@@ -165,6 +165,8 @@ def render_html(run: RunRecord, pngs: dict[str, bytes]) -> str:
         f"<h1>{html.escape(run.name)}</h1><p class=headline>{html.escape(str(run.config.get('model')))} on "
         f"{html.escape(str(run.config.get('dataset')))} · status {html.escape(str(info.get('status')))} · "
         f"started {html.escape(str(info.get('started', '-')))}</p>",
+        (f'<p>a trial of the search <a href="../tune.html">{html.escape(run.path.parent.name)}</a></p>'
+         if (run.path.parent / "study.db").is_file() else ""),
         '<h2>Metrics</h2>', _table(headline, cls="metrics"),
         "<h2>Training curves</h2>", img("curves"),
         "<h2>Per class</h2>", img("per_class"),
@@ -181,6 +183,7 @@ def render_html(run: RunRecord, pngs: dict[str, bytes]) -> str:
         img("samples"),
         "<h2>History</h2>", _table(hist_rows, ["epoch", *hist_keys], cls="history"),
         "<h2>Timings (seconds)</h2>", _table(timings),
+        ("<h2>Distribution</h2>" + _table(list(info["distribution"].items())) if info.get("distribution") else ""),
         "<h2>Config</h2>", _table([(k, json.dumps(v)) for k, v in run.config.items()], cls="config"),
         "<h2>Versions</h2>", _table(list(info.get("versions", {}).items())),
         "</body></html>",

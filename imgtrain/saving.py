@@ -51,20 +51,25 @@ def atomic_write_json(path: str | Path, obj) -> None:
 
 def save_model(model, path: str | Path, meta: dict) -> None:
     """Save `model` to `path` (.keras, or .h5 for the legacy format) atomically, with `meta` inside .keras files."""
+    from .distributed import undistributed
+
     path = Path(path)
     # Keras picks the format from the suffix, so the temporary file keeps the whole of it
     tmp = _temp_beside(path, ".weights.h5" if path.name.endswith(".weights.h5") else path.suffix)
     try:
-        if path.suffix == ".keras":
-            model.save(tmp)
-            with zipfile.ZipFile(tmp, "a") as z:
-                z.writestr(META_ENTRY, json.dumps(meta, indent=2))
-        elif path.name.endswith(".weights.h5"):
-            os.unlink(tmp)  # Keras refuses to overwrite without asking
-            model.save_weights(tmp)
-        else:
-            os.unlink(tmp)
-            model.save(tmp)  # legacy HDF5, chosen by the .h5 suffix
+        # a data-parallel model is saved by process 0 alone: it holds every replicated weight, and the helper objects
+        # Keras creates while saving must stay on its own devices instead of waiting for the other processes
+        with undistributed():
+            if path.suffix == ".keras":
+                model.save(tmp)
+                with zipfile.ZipFile(tmp, "a") as z:
+                    z.writestr(META_ENTRY, json.dumps(meta, indent=2))
+            elif path.name.endswith(".weights.h5"):
+                os.unlink(tmp)  # Keras refuses to overwrite without asking
+                model.save_weights(tmp)
+            else:
+                os.unlink(tmp)
+                model.save(tmp)  # legacy HDF5, chosen by the .h5 suffix
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

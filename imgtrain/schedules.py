@@ -12,9 +12,16 @@ ONECYCLE_START_DIV = 25.0  # one-cycle warm-up starts at peak/25 (fastai's div)
 ONECYCLE_END_FRACTION = 1e-4  # and anneals to peak * 1e-4
 
 
+def peak_lr(cfg: TrainConfig) -> float:
+    """`learning_rate`, scaled with the global batch when `lr_scaling` asks: linear (Goyal et al. 2017, with the
+    warm-up of onecycle) or square root. The batch is global, so the number of processes never changes it."""
+    ratio = cfg.batch_size / cfg.lr_base_batch
+    return cfg.learning_rate * {"none": 1.0, "linear": ratio, "sqrt": ratio ** 0.5}[cfg.lr_scaling]
+
+
 def make_schedule(cfg: TrainConfig, steps_per_epoch: int):
     total = max(1, cfg.epochs * steps_per_epoch)
-    lr = cfg.learning_rate
+    lr = peak_lr(cfg)
     if cfg.schedule == "constant":
         return lr
     if cfg.schedule == "step":

@@ -51,7 +51,9 @@ def default_run_dir(cfg: TrainConfig) -> Path:
 
 
 STATE_FORMAT = 1  # version of the resume state stored inside last.keras
-IGNORED_ON_RESUME = {"out", "verbose"}  # config keys that may differ between a run and its resumption
+# config keys that may differ between a run and its resumption (a process's id and the coordinator's address
+# may change when a distributed job is started again)
+IGNORED_ON_RESUME = {"out", "verbose", "process_id", "coordinator"}
 
 
 def choose_run_dir(cfg: TrainConfig) -> tuple[Path, Path | None]:
@@ -84,10 +86,14 @@ def make_run_dir(run_dir: Path) -> Path:
     return run_dir
 
 
-def run_logger(run_dir: Path) -> logging.Logger:
+def run_logger(run_dir: Path | None) -> logging.Logger:
+    """train.log in `run_dir`; None (a process other than 0 of a distributed run): a logger that writes nothing."""
     log = logging.getLogger(f"imgtrain.run.{run_dir}")
     log.setLevel(logging.INFO)
     log.propagate = False
+    if run_dir is None:
+        log.handlers[:] = [logging.NullHandler()]
+        return log
     handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8", errors="backslashreplace")  # odd names
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.handlers[:] = [handler]
@@ -112,24 +118,33 @@ def class_weights(spec, ds) -> dict[int, float] | None:
     return {i: out.get(i, 1.0) for i in range(ds.num_classes)}
 
 
-def fit_inputs(split, cfg: TrainConfig, input_shape, onehot: int, shuffle: bool, skipped: dict, epoch: int = 0):
-    """Training batches in an order fixed by (seed, epoch), or the (x, y) arrays of a validation split."""
+def fit_inputs(split, cfg: TrainConfig, input_shape, onehot: int, shuffle: bool, skipped: dict, epoch: int = 0,
+               sharding: dict | None = None):
+    """Training batches in an order fixed by (seed, epoch), or the (x, y) arrays of a validation split.
+    `sharding` (a data-parallel run, Cluster.sharding): this process's part of every batch, validation included."""
     if split.in_memory:
         from .data.batches import ArrayBatches
 
         y = np.eye(onehot, dtype=np.float32)[split.y] if onehot else split.y
-        return ArrayBatches(split.x, y, cfg.batch_size, cfg.seed, epoch) if shuffle else (split.x, y)
+        if shuffle or sharding:
+            return ArrayBatches(split.x, y, cfg.batch_size, cfg.seed, epoch, shuffle=shuffle, **(sharding or {}))
+        return split.x, y
     from .data.stream import ImageBatches  # makes its one-hot rows per batch
 
     return ImageBatches(split, input_shape, cfg.batch_size, shuffle=shuffle, seed=cfg.seed, onehot=onehot,
                         skipped=skipped, epoch=epoch)
 
 
+def onehot_width(cfg: TrainConfig, num_classes: int) -> int:
+    """Width of one-hot targets, or 0 for integer labels (label smoothing needs one-hot)."""
+    return num_classes if (cfg.label_mode == "onehot" or cfg.label_smoothing > 0) else 0
+
+
 def compile_model(model, cfg: TrainConfig, num_classes: int, optimizer) -> int:
     """Compile with the config's loss, accuracy metric and XLA setting; returns the one-hot width (0: sparse)."""
     import keras
 
-    onehot = num_classes if (cfg.label_mode == "onehot" or cfg.label_smoothing > 0) else 0
+    onehot = onehot_width(cfg, num_classes)
     if onehot:
         loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
         acc = keras.metrics.CategoricalAccuracy(name="accuracy")
@@ -154,21 +169,31 @@ def progress_mode(cfg: TrainConfig) -> int:
     return {"bar": 1, "epoch": 2, "quiet": 0}[cfg.verbose]
 
 
-def train(config: TrainConfig | dict | str | Path | None = None, **overrides) -> RunResult:
-    """Train per `config` (a TrainConfig, a dict, or a YAML/TOML path; keyword overrides win)."""
+def train(config: TrainConfig | dict | str | Path | None = None, *, callbacks: list | tuple = (),
+          **overrides) -> RunResult:
+    """Train per `config` (a TrainConfig, a dict, or a YAML/TOML path; keyword overrides win). `callbacks`: more
+    Keras callbacks, run after imgtrain's own that steer training and before those that save (`imgtrain tune`'s
+    pruning stops a run there, and the checkpoint records it as ended).
+
+    With `distribute: data-parallel` every process of the job calls this with the same config; process 0 writes
+    the run directory and returns the metrics, the others return their history and empty metrics."""
     cfg = as_config(config, overrides)
     use_backend(cfg.backend)
-    with precision(cfg.precision):
-        return _train(cfg)
+    from .distributed import join
+
+    t_start = time.perf_counter()
+    with precision(cfg.precision), join(cfg) as cluster:  # one process unless cfg.distribute
+        return _train(cluster, t_start, list(callbacks))
 
 
-def _train(cfg: TrainConfig) -> RunResult:
+def _train(cluster, t_start: float, extra: list) -> RunResult:
     import keras
 
     from .data import load_dataset
+    from .distributed import agree
     from .models import build_model
 
-    t_start = time.perf_counter()
+    cfg = cluster.config  # with the job's shape filled in
     run_dir, resume_from = choose_run_dir(cfg)
     keras.utils.set_random_seed(cfg.seed)
     ds = load_dataset(cfg.dataset, val_split=cfg.val_split, test_split=cfg.test_split, seed=cfg.seed,
@@ -177,6 +202,9 @@ def _train(cfg: TrainConfig) -> RunResult:
     if cfg.batch_size > len(ds.train):
         raise ConfigError(f"batch_size {cfg.batch_size} is larger than the {len(ds.train)} training images; "
                           f"use at most {len(ds.train)}")
+    if cfg.distribute != "none" and not ds.train.in_memory:
+        raise ConfigError(f"distribute {cfg.distribute!r} needs the images in memory (stream false): streamed "
+                          "batches drop undecodable files, which would put the processes out of step")
     model = build_model(cfg.model, ds.input_shape, ds.num_classes, augment=cfg.augment, **cfg.model_options)
     weights = class_weights(cfg.class_weight, ds)  # checked before anything is written
     resume = None
@@ -187,9 +215,11 @@ def _train(cfg: TrainConfig) -> RunResult:
         if not resume or resume.get("format") != STATE_FORMAT:
             raise ImgtrainError(f"{resume_from} has no resume state this version can read; remove it to start over")
         model = keras.models.load_model(resume_from, safe_mode=True)  # weights and optimizer state
-    log = run_logger(make_run_dir(run_dir))
+    # every process must resume from the same epoch; the check also keeps process 0 from writing before all have read
+    agree(cluster, "the epoch to resume from", resume["epoch"] if resume else 0)
+    log = run_logger(make_run_dir(run_dir) if cluster.chief else None)
     try:
-        return _fit_and_score(cfg, ds, model, weights, run_dir, log, t_start, resume)
+        return _fit_and_score(cluster, ds, model, weights, run_dir, log, t_start, resume, extra)
     except OSError as err:
         log.error("stopped by %s: %s", type(err).__name__, err)
         if err.errno != errno.ENOSPC:
@@ -205,17 +235,16 @@ def _train(cfg: TrainConfig) -> RunResult:
         log.handlers.clear()
 
 
-def _fit_and_score(cfg: TrainConfig, ds, model, weights, run_dir: Path, log: logging.Logger,
-                   t_start: float, resume: dict | None) -> RunResult:
+def _fit_and_score(cluster, ds, model, weights, run_dir: Path, log: logging.Logger,
+                   t_start: float, resume: dict | None, extra: list) -> RunResult:
     import keras
 
     from .callbacks import (BestCheckpoint, EpochSeeds, EpochStats, GracefulStop, HistoryFile, LastCheckpoint,
                             ResumableEarlyStopping, ResumablePlateau)
-    from .evaluate import metrics_from_probs, predict_probs
-    from .report import PREDICTIONS
-    from .saving import save_model
-    from .schedules import make_optimizer
+    from .distributed import undistributed
+    from .schedules import make_optimizer, peak_lr
 
+    cfg, chief = cluster.config, cluster.chief
     t_data = time.perf_counter()
     log.info("data %s: train %d, val %d, test %d, input %s, %d classes, source %s", ds.name, len(ds.train),
              len(ds.val) if ds.val else 0, len(ds.test) if ds.test else 0, ds.input_shape, ds.num_classes, ds.source)
@@ -224,10 +253,26 @@ def _fit_and_score(cfg: TrainConfig, ds, model, weights, run_dir: Path, log: log
     for path, reason in ds.skipped.items():
         log.warning("skipped %s: %s", path, reason)
 
-    steps_per_epoch = math.ceil(len(ds.train) / cfg.batch_size)
+    onehot = onehot_width(cfg, ds.num_classes)
+    skipped = ds.skipped
+    first = resume["epoch"] if resume else 0
+    train_data = fit_inputs(ds.train, cfg, ds.input_shape, onehot, True, skipped, first, cluster.sharding)
+    val = None
+    if ds.val is not None and len(ds.val):
+        val = fit_inputs(ds.val, cfg, ds.input_shape, onehot, False, skipped, sharding=cluster.sharding)
+    steps_per_epoch = len(train_data)
+    if cluster.sharding:
+        log.info("data-parallel: %d processes, %d devices, global batch %d, %d rows per process and step",
+                 cluster.num_processes, cluster.replicas, cfg.batch_size, cfg.batch_size // cluster.num_processes)
+        for name, batches in (("train", train_data), ("val", val)):
+            if batches is not None and batches.rows_per_pass < len(batches.x):
+                log.info("%s: %d of %d images a pass (the last batch trimmed to a multiple of %d devices)", name,
+                         batches.rows_per_pass, len(batches.x), cluster.replicas)
+    if cfg.lr_scaling != "none":
+        log.info("learning rate: %g x (%d / %d)%s = %g", cfg.learning_rate, cfg.batch_size, cfg.lr_base_batch,
+                 "^0.5" if cfg.lr_scaling == "sqrt" else "", peak_lr(cfg))
     # on resume keep the restored optimizer (its step count drives the schedule); only the metric objects are new
-    onehot = compile_model(model, cfg, ds.num_classes, model.optimizer if resume else
-                           make_optimizer(cfg, steps_per_epoch))
+    compile_model(model, cfg, ds.num_classes, model.optimizer if resume else make_optimizer(cfg, steps_per_epoch))
     if resume:
         log.info("resuming after epoch %d of %d from last.keras", resume["epoch"], cfg.epochs)
 
@@ -237,8 +282,11 @@ def _fit_and_score(cfg: TrainConfig, ds, model, weights, run_dir: Path, log: log
     run_info = {"status": "running", "started": previous.get("started", datetime.now().isoformat(timespec="seconds")),
                 "versions": versions(), "data": ds.summary(), "params": int(model.count_params()),
                 "run_dir": str(run_dir), "resumed": previous.get("resumed", []) + ([resume["epoch"]] if resume else [])}
-    atomic_write(run_dir / "config.yaml", save_config(cfg))
-    atomic_write_json(run_dir / "run.json", run_info)
+    if cluster.sharding:
+        run_info["distribution"] = cluster.summary()
+    if chief:
+        atomic_write(run_dir / "config.yaml", save_config(cfg))
+        atomic_write_json(run_dir / "run.json", run_info)
 
     rows: list[dict] = list(resume["history"]) if resume else []  # every completed epoch's logs, this run's whole life
     restored = (resume or {}).get("callbacks", {})
@@ -261,20 +309,13 @@ def _fit_and_score(cfg: TrainConfig, ds, model, weights, run_dir: Path, log: log
         return {"format": STATE_FORMAT, "epoch": epoch + 1, "history": rows, "callbacks": snap,
                 "stopped": bool(model.stop_training)}  # early stopping has ended the run
 
-    callbacks = [keras.callbacks.TerminateOnNaN(), stop, EpochSeeds(cfg.seed), EpochStats(), best_cb,
-                 *[c for c in (early, plateau) if c],
-                 LastCheckpoint(run_dir / "last.keras", meta, state, stop),  # after every callback it snapshots
-                 HistoryFile(run_dir / "history.csv", rows)]  # rows as the checkpoint recorded them
+    writers = [best_cb, LastCheckpoint(run_dir / "last.keras", meta, state, stop),  # after every callback it snapshots
+               HistoryFile(run_dir / "history.csv", rows)]  # rows as the checkpoint recorded them
     if cfg.tensorboard:
-        callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False,
-                                                     profile_batch=0))
-
-    skipped = ds.skipped
-    first = resume["epoch"] if resume else 0
-    train_data = fit_inputs(ds.train, cfg, ds.input_shape, onehot, True, skipped, first)
-    val = None
-    if ds.val is not None and len(ds.val):
-        val = fit_inputs(ds.val, cfg, ds.input_shape, onehot, False, skipped)
+        writers.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False, profile_batch=0))
+    # every process runs the callbacks that steer training (all see the same metrics); only process 0 writes files
+    callbacks = [keras.callbacks.TerminateOnNaN(), stop, EpochSeeds(cfg.seed), EpochStats(),
+                 *[c for c in (early, plateau) if c], *extra, *(writers if chief else [])]
     # shuffle=False: the batches already come in the (seed, epoch) order; Keras would reorder them with the
     # global NumPy generator, whose state a resumed process does not have
     # a run killed after early stopping ended it (while scoring, say) has nothing left to train
@@ -283,11 +324,13 @@ def _fit_and_score(cfg: TrainConfig, ds, model, weights, run_dir: Path, log: log
     if first < last_epoch:
         fitted = model.fit(train_data, validation_data=val, epochs=last_epoch, initial_epoch=first, shuffle=False,
                            validation_batch_size=cfg.batch_size if isinstance(val, tuple) else None,
-                           callbacks=callbacks, class_weight=weights, verbose=progress_mode(cfg)).history
+                           callbacks=callbacks, class_weight=weights,
+                           verbose=progress_mode(cfg) if chief else 0).history
     t_fit = time.perf_counter()
     if stop.interrupted:
         run_info.update(status="interrupted")
-        atomic_write_json(run_dir / "run.json", run_info)
+        if chief:
+            atomic_write_json(run_dir / "run.json", run_info)
         done = rows[-1]["epoch"] + 1 if rows else 0
         raise ImgtrainError(f"interrupted after {done} of {cfg.epochs} epochs; run the same command again "
                             f"(with --out {run_dir}) to resume")
@@ -297,9 +340,27 @@ def _fit_and_score(cfg: TrainConfig, ds, model, weights, run_dir: Path, log: log
         kept = f"the last good model is {last} (epoch {len(losses) - 1})" if last.exists() else \
             "it diverged in the first epoch, so no model was kept"
         run_info.update(status="diverged", finished=datetime.now().isoformat(timespec="seconds"))
-        atomic_write_json(run_dir / "run.json", run_info)
+        if chief:
+            atomic_write_json(run_dir / "run.json", run_info)
         raise ImgtrainError(f"loss became {losses[-1]} in epoch {len(losses)} and training stopped; {kept}; "
                             f"try a lower learning_rate (was {cfg.learning_rate:g})")
+    if not chief:
+        return RunResult(run_dir, model, fitted, {})
+    with undistributed():  # process 0 alone: the best model, the test set and the report on its own devices
+        return _score(cfg, ds, model, run_dir, log, meta, rows, run_info, skipped, losses,
+                      (t_start, t_data, t_fit))
+
+
+def _score(cfg: TrainConfig, ds, model, run_dir: Path, log: logging.Logger, meta: dict, rows: list[dict],
+           run_info: dict, skipped: dict, losses: list, times: tuple) -> RunResult:
+    """The best model's test metrics, predictions, run.json and the report (process 0 only)."""
+    import keras
+
+    from .evaluate import metrics_from_probs, predict_probs
+    from .report import PREDICTIONS
+    from .saving import save_model
+
+    t_start, t_data, t_fit = times
 
     best_path = run_dir / "best.keras"
     if not best_path.exists():  # the monitored value never became finite: keep the last model as "best"

@@ -21,6 +21,16 @@ def test_every_preset_is_a_valid_config_with_a_target(name):
     assert cfg.dataset in ("mnist", "fashion_mnist") and cfg.precision == "mixed_bfloat16"
 
 
+def test_presets_command_lists_them_and_shows_one_as_a_config_file(tmp_path):
+    listing = run_cli("presets").stdout
+    assert all(name in listing for name in PRESETS.names())
+    shown = run_cli("presets", "--show", "fashion-935").stdout
+    (tmp_path / "f.yaml").write_text(shown)
+    from imgtrain.config import load_config
+
+    assert load_config(tmp_path / "f.yaml") == make_config(**preset_config("fashion-935"))
+
+
 def test_unknown_preset_names_the_known_ones():
     with pytest.raises(UnknownName, match=r"unknown preset 'mnist-100'; known: fashion-91, fashion-935, mnist-99"):
         PRESETS.get("mnist-100")

@@ -2,8 +2,6 @@
 one would have seen. Keras' own array shuffling draws from a generator whose state a new process cannot restore."""
 from __future__ import annotations
 
-import math
-
 import keras
 import numpy as np
 
@@ -13,21 +11,41 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
 
 
 class ArrayBatches(keras.utils.PyDataset):
-    """(x, y) batches of arrays, reshuffled at each epoch from (seed, epoch); `epoch` is the next epoch to serve."""
+    """(x, y) batches of arrays, reshuffled at each epoch from (seed, epoch); `epoch` is the next epoch to serve.
+    `shuffle=False` serves the rows in their order (a validation split).
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, epoch: int = 0):
+    Data-parallel runs: `shard=(p, n)` serves process p's n-th of every global batch, and the last batch is trimmed
+    to a `multiple` of the device count, so that every process takes the same number of steps of equal size."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, epoch: int = 0, *,
+                 shuffle: bool = True, shard: tuple[int, int] = (0, 1), multiple: int = 1):
         super().__init__(workers=1, use_multiprocessing=False)  # in order, in this thread: the order is the point
         self.x, self.y, self.batch_size, self.seed = x, y, batch_size, seed
+        self.shuffle, self.shard, self.multiple = shuffle, shard, multiple
         self.epoch = epoch
-        self.order = epoch_order(len(x), seed, epoch)
+        self.order = self._order()
+
+    def _order(self) -> np.ndarray:
+        return epoch_order(len(self.x), self.seed, self.epoch) if self.shuffle else np.arange(len(self.x))
 
     def __len__(self) -> int:
-        return math.ceil(len(self.x) / self.batch_size)
+        full, rest = divmod(len(self.x), self.batch_size)
+        return full + int(rest >= self.multiple)
+
+    @property
+    def rows_per_pass(self) -> int:
+        """Images served per epoch (all of them, unless the last batch is trimmed)."""
+        rest = len(self.x) % self.batch_size
+        return len(self.x) - rest % self.multiple
 
     def __getitem__(self, i: int):
-        idx = np.sort(self.order[i * self.batch_size:(i + 1) * self.batch_size])  # sorted: faster gathers
+        rows = self.order[i * self.batch_size:(i + 1) * self.batch_size]
+        rows = np.sort(rows[:len(rows) - len(rows) % self.multiple])  # sorted: faster gathers
+        p, n = self.shard
+        part = len(rows) // n
+        idx = rows[p * part:(p + 1) * part]
         return self.x[idx], self.y[idx]
 
     def on_epoch_end(self):
         self.epoch += 1
-        self.order = epoch_order(len(self.x), self.seed, self.epoch)
+        self.order = self._order()

@@ -1,0 +1,167 @@
+"""Data-parallel training on Keras 3's own engine: `keras.distribution.DataParallel` on the JAX backend, across the
+devices of one process or of several processes joined by `jax.distributed.initialize`.
+
+Why JAX: Keras 3.15.1's `fit` under TensorFlow's MultiWorkerMirroredStrategy fails with TensorFlow 2.21 ("Attempt to
+convert a value (PerReplica...) to a Tensor", keras-team/keras#20585), while DataParallel on JAX trains in sync.
+TensorFlow stays the default and the fastest on one CPU (JAX is ~3.5x slower there), so the backend stays a
+per-run choice and `distribute: data-parallel` asks for `backend: jax`.
+
+How a run is shared out (see docs/distributed.md):
+- `batch_size` is the global batch: each of P processes feeds batch_size/P rows of every global batch, so the
+  same config trains the same model on 1 or N processes (the rows of a step are the single-process step's rows);
+- every process builds the model from the same seed; DataParallel replicates the weights on every device and XLA
+  averages the gradients;
+- the last batch of an epoch is trimmed to a multiple of the device count (at most devices-1 images a pass);
+- process 0 alone writes the run directory (it saves the replicated weights it holds; no gather is needed).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+from .config import TrainConfig, make_config
+from .errors import ConfigError, ImgtrainError
+
+# where the engine's launchers put the job's shape when no flag or config key gives it (Keras' names first)
+ENV = {"coordinator": ("KERAS_DISTRIBUTION_JOB_ADDRESSES", "JAX_COORDINATOR_ADDRESS"),
+       "num_processes": ("KERAS_DISTRIBUTION_NUM_PROCESSES",),
+       "process_id": ("KERAS_DISTRIBUTION_PROCESS_ID",)}
+JOIN_TIMEOUT_S = 300  # how long a process waits for the others to join
+SHUTDOWN_TIMEOUT_S = 3600  # how long the others wait at exit while process 0 scores the test set and writes the report
+
+_joined: tuple | None = None  # (coordinator, num_processes, process_id) of the job this process joined
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """This process's place in the run: which process of how many, over how many devices (model replicas)."""
+
+    config: TrainConfig
+    num_processes: int = 1
+    process_id: int = 0
+    replicas: int = 1
+
+    @property
+    def chief(self) -> bool:
+        return self.process_id == 0
+
+    @property
+    def sharding(self) -> dict | None:
+        """ArrayBatches options: this process's part of each global batch, trimmed to a multiple of the devices
+        (None when the run is not distributed)."""
+        if self.config.distribute == "none":
+            return None
+        return {"shard": (self.process_id, self.num_processes), "multiple": self.replicas}
+
+    def summary(self) -> dict:
+        return {"distribute": self.config.distribute, "num_processes": self.num_processes, "devices": self.replicas,
+                "global_batch": self.config.batch_size,
+                "per_process_batch": self.config.batch_size // self.num_processes}
+
+
+def is_chief() -> bool:
+    """True in process 0 of a joined job and in any process that joined none: the one that writes files."""
+    return _joined is None or _joined[2] == 0
+
+
+def resolve(cfg: TrainConfig) -> TrainConfig:
+    """`cfg` with num_processes, process_id and coordinator filled from the environment where not given."""
+    values = {}
+    for key, names in ENV.items():
+        value = getattr(cfg, key)
+        if value is None:
+            value = next((os.environ[n] for n in names if os.environ.get(n)), None)
+            if value is not None and key != "coordinator":
+                if not value.strip().isdigit():
+                    raise ConfigError(f"${names[0]} must be a whole number (got {value!r})")
+                value = int(value)
+        values[key] = value
+    if values["coordinator"]:
+        values["coordinator"] = values["coordinator"].split(",")[0]  # Keras' variable may list every process
+    values["num_processes"] = values["num_processes"] or 1
+    values["process_id"] = values["process_id"] or 0
+    return make_config(**{**cfg.model_dump(), **values})
+
+
+@contextlib.contextmanager
+def join(cfg: TrainConfig):
+    """Yields this process's Cluster; with `distribute`, joins the job and sets Keras' DataParallel meanwhile."""
+    if cfg.distribute == "none":
+        yield Cluster(cfg)
+        return
+    cfg = resolve(cfg)
+    import jax
+    import keras
+
+    if cfg.num_processes > 1:
+        _initialize(cfg.coordinator, cfg.num_processes, cfg.process_id)
+    replicas = jax.device_count()
+    if cfg.batch_size % replicas:
+        lower, upper = cfg.batch_size // replicas * replicas, (cfg.batch_size // replicas + 1) * replicas
+        raise ConfigError(f"batch_size {cfg.batch_size} does not split over {replicas} devices "
+                          f"({cfg.num_processes} processes); use a multiple of {replicas}, e.g. "
+                          f"{lower or upper} or {upper}")
+    previous = keras.distribution.distribution()
+    # auto_shard_dataset=False: each process feeds its own part of every batch (ArrayBatches' shard)
+    keras.distribution.set_distribution(keras.distribution.DataParallel(auto_shard_dataset=False))
+    try:
+        yield Cluster(cfg, cfg.num_processes, cfg.process_id, replicas)
+    finally:
+        keras.distribution.set_distribution(previous)
+
+
+def _initialize(coordinator: str | None, num_processes: int, process_id: int) -> None:
+    global _joined
+    key = (coordinator, num_processes, process_id)
+    if _joined == key:
+        return
+    if _joined is not None:
+        raise ImgtrainError(f"this process already joined the job at {_joined[0]} as process {_joined[2]} of "
+                            f"{_joined[1]}; a process can join one job only")
+    if not coordinator:
+        raise ConfigError(f"num_processes {num_processes} needs coordinator HOST:PORT (where process 0 listens), "
+                          "or $KERAS_DISTRIBUTION_JOB_ADDRESSES")
+    host, _, port = coordinator.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"coordinator must be HOST:PORT, e.g. 10.0.0.1:12345 (got {coordinator!r})")
+    import jax
+
+    try:
+        jax.distributed.initialize(coordinator, num_processes, process_id, initialization_timeout=JOIN_TIMEOUT_S,
+                                   shutdown_timeout_seconds=SHUTDOWN_TIMEOUT_S)
+    except (RuntimeError, ValueError) as err:
+        raise ImgtrainError(f"cannot join the job at {coordinator} as process {process_id} of {num_processes}: "
+                            f"{str(err).strip().splitlines()[0][:300]}") from None
+    _joined = key
+
+
+def agree(cluster: Cluster, what: str, value: int) -> None:
+    """Check that every process holds the same `value` (a collective: also a barrier before process 0 writes)."""
+    if cluster.num_processes == 1:
+        return
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    values = np.asarray(multihost_utils.process_allgather(np.int64(value))).ravel().tolist()
+    if len(set(values)) > 1:
+        seen = ", ".join(f"process {i}: {v}" for i, v in enumerate(values))
+        raise ImgtrainError(f"the processes disagree on {what} ({seen}); the run directory must be on storage that "
+                            "every host reads")
+
+
+@contextlib.contextmanager
+def undistributed():
+    """No Keras distribution meanwhile: what process 0 does alone (saving, scoring the test set, the report) must
+    create its variables on its own devices, not on every process's (that would wait for the others)."""
+    import keras
+
+    previous = keras.distribution.distribution()
+    if previous is None:
+        yield
+        return
+    keras.distribution.set_distribution(None)
+    try:
+        yield
+    finally:
+        keras.distribution.set_distribution(previous)

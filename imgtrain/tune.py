@@ -1,0 +1,348 @@
+"""`imgtrain tune CONFIG`: a hyper-parameter search with Optuna over a config. Every trial is a normal run directory;
+the study is kept in SQLite beside them, so a killed search resumes where it stopped; bad trials are pruned from
+their per-epoch validation metric (Optuna's median rule).
+
+    imgtrain tune CONFIG --trials 20 --timeout 3600
+    runs/tune-<CONFIG>/  study.db, trial-000/ ... (run directories), best.yaml, tune.html, history.png,
+                         importances.png
+
+Import after choosing the Keras backend (the pruning callback is a Keras callback).
+"""
+from __future__ import annotations
+
+import fcntl
+import html
+import inspect
+import logging
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import keras
+import optuna
+import yaml
+from optuna.trial import TrialState
+
+from .config import TrainConfig, make_config, save_config
+from .errors import ConfigError, ImgtrainError
+from .saving import atomic_write
+
+# the search space: parameter -> ("log" | "uniform", (low, high)) or ("choice", values)
+SPACE = {
+    "learning_rate": ("log", (1e-4, 1e-2)),
+    "batch_size": ("choice", (32, 64, 128, 256)),
+    "width": ("choice", (64, 128, 256, 512)),  # model_options.width (mlp) or .dense (the CNNs' dense layer)
+    "dropout": ("uniform", (0.0, 0.5)),  # model_options.dropout
+    "weight_decay": ("log", (1e-5, 1e-2)),  # optimizers adamw and sgd
+    "schedule": ("choice", ("constant", "cosine", "onecycle")),
+}
+STARTUP_TRIALS = 2  # the pruner lets this many trials finish before it compares with their median
+WARMUP_EPOCHS = 1  # and prunes no trial in its first epoch
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+class PruneTrial(keras.callbacks.Callback):
+    """Reports `monitor` to the Optuna trial after every epoch; stops training when the pruner says so."""
+
+    def __init__(self, trial: optuna.Trial, monitor: str):
+        super().__init__()
+        self.trial, self.monitor, self.pruned = trial, monitor, False
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None or not math.isfinite(value):
+            return
+        self.trial.report(float(value), epoch)
+        if self.trial.should_prune():
+            self.pruned = True
+            self.model.stop_training = True
+
+
+@dataclass
+class TuneResult:
+    study_dir: Path
+    trials: list[dict]  # trial_rows()
+    best: dict | None  # the best complete trial's row, None while there is none
+    best_config: Path | None
+    report: Path
+
+
+def _model_options(model: str) -> set[str]:
+    from .models import MODELS
+
+    return set(inspect.signature(MODELS.get(model)).parameters)
+
+
+def unsearchable(cfg: TrainConfig) -> dict[str, str]:
+    """{parameter: why this config cannot search it}."""
+    options = _model_options(cfg.model)
+    why = {}
+    if not options & {"width", "dense"}:
+        why["width"] = f"model {cfg.model!r} has no width or dense option"
+    if "dropout" not in options:
+        why["dropout"] = f"model {cfg.model!r} has no dropout option"
+    if cfg.optimizer not in ("adamw", "sgd"):
+        why["weight_decay"] = f"optimizer {cfg.optimizer!r} has no weight decay; use adamw or sgd"
+    if cfg.reduce_lr_patience:
+        why["schedule"] = "reduce_lr_patience needs schedule 'constant'"
+    return why
+
+
+def search_params(cfg: TrainConfig, names: list[str] | tuple = ()) -> list[str]:
+    """The parameters to search: `names`, checked, or every one of SPACE that this config can search."""
+    for n in names:
+        if n not in SPACE:
+            raise ConfigError(f"unknown search parameter {n!r}; known: {', '.join(SPACE)}")
+    why = unsearchable(cfg)
+    for n in names:
+        if n in why:
+            raise ConfigError(f"cannot search {n}: {why[n]}")
+    return list(dict.fromkeys(names)) if names else [n for n in SPACE if n not in why]
+
+
+def suggest(trial: optuna.Trial, name: str):
+    kind, values = SPACE[name]
+    if kind == "choice":
+        return trial.suggest_categorical(name, list(values))
+    return trial.suggest_float(name, *values, log=kind == "log")
+
+
+def trial_config(base: TrainConfig, values: dict, out: Path) -> TrainConfig:
+    """`base` with a trial's parameter values, written to `out`."""
+    d = base.model_dump()
+    options = dict(d["model_options"])
+    for k, v in values.items():
+        if k == "width":
+            options["width" if "width" in _model_options(base.model) else "dense"] = v
+        elif k == "dropout":
+            options["dropout"] = v
+        else:
+            d[k] = v
+    return make_config(**{**d, "model_options": options, "out": str(out), "verbose": "quiet"})
+
+
+def trial_rows(study: optuna.Study) -> list[dict]:
+    """Plain rows of every trial: number, state, value (a pruned trial's last reported one), params, run dir."""
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        value = t.value
+        if value is None and t.intermediate_values:
+            value = t.intermediate_values[max(t.intermediate_values)]
+        seconds = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and \
+            t.datetime_start else None
+        rows.append({"number": t.number, "state": t.state.name.lower(), "value": value, "params": dict(t.params),
+                     "run_dir": t.user_attrs.get("run_dir"), "epochs_run": t.user_attrs.get("epochs_run"),
+                     "seconds": seconds, "retry_of": t.user_attrs.get("retry_of")})
+    return rows
+
+
+@contextmanager
+def _only_search(study_dir: Path):
+    """One `imgtrain tune` process per search: a second would take the first one's running trial for a killed one."""
+    with open(study_dir / ".lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ImgtrainError(f"another imgtrain tune is running the search in {study_dir}; wait for it to end "
+                                "or choose another --name") from None
+        yield
+
+
+def open_study(cfg: TrainConfig, names: list[str], study_dir: Path) -> optuna.Study:
+    """The search's study in study_dir/study.db, created or loaded; a search started with another config or other
+    parameters is refused, as `imgtrain train` refuses to resume a run with other settings."""
+    study = optuna.create_study(
+        storage=f"sqlite:///{(study_dir / 'study.db').resolve()}", study_name=study_dir.name, load_if_exists=True,
+        direction="maximize" if "acc" in cfg.monitor else "minimize",
+        sampler=optuna.samplers.TPESampler(seed=cfg.seed),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=STARTUP_TRIALS, n_warmup_steps=WARMUP_EPOCHS))
+    base = make_config(**{**cfg.model_dump(), "out": None}).model_dump(mode="json")
+    saved = study.user_attrs.get("base_config")
+    if saved is None:
+        study.set_user_attr("base_config", base)
+        study.set_user_attr("params", names)
+    elif saved != base or study.user_attrs.get("params") != names:
+        keys = sorted(k for k in base if base[k] != saved.get(k)) + (
+            ["--param"] if study.user_attrs.get("params") != names else [])
+        raise ImgtrainError(f"{study_dir} holds a search with other settings ({', '.join(keys)}); run it with the "
+                            "same ones or choose another --name")
+    return study
+
+
+def retry_killed(study: optuna.Study) -> list[int]:
+    """Trials left running by a killed search are marked failed and queued again with the same parameters and run
+    directory, so the new trial resumes that run from its last completed epoch."""
+    retried = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study.tell(t.number, state=TrialState.FAIL)
+        if "run_dir" in t.user_attrs:
+            study.enqueue_trial(t.params, user_attrs={"run_dir": t.user_attrs["run_dir"], "retry_of": t.number})
+            retried.append(t.number)
+    return retried
+
+
+def _earlier_epochs(run_dir: Path, monitor: str) -> list[tuple[int, float]]:
+    from .report import read_history
+
+    values = read_history(run_dir / "history.csv").get(monitor, [])
+    return [(i, v) for i, v in enumerate(values) if math.isfinite(v)]
+
+
+def _finished_metrics(run_dir: Path) -> dict | None:
+    """metrics.json of a run that finished before the search was killed (its trial was never told)."""
+    import json
+
+    info = run_dir / "run.json"
+    if info.is_file() and json.loads(info.read_text()).get("status") == "done":
+        return json.loads((run_dir / "metrics.json").read_text())
+    return None
+
+
+def tune(cfg: TrainConfig, trials: int, timeout: float | None = None, name: str | None = None,
+         folder: str | Path = "runs", params: list[str] | tuple = (),
+         progress: Callable[[dict], None] | None = None) -> TuneResult:
+    """Search until the study holds `trials` finished (complete or pruned) trials, or `timeout` seconds have gone
+    (no trial starts after that). `progress(row)` is called after each trial."""
+    from .train import train
+
+    if trials < 1:
+        raise ConfigError(f"--trials must be at least 1 (got {trials})")
+    if (cfg.num_processes or 1) > 1:
+        raise ConfigError(f"tune runs its trials in one process (got num_processes {cfg.num_processes}); "
+                          "distribute 'data-parallel' over this process's devices is fine")
+    names = search_params(cfg, params)
+    study_dir = Path(folder) / (name or f"tune-{cfg.dataset.split('/')[-1].replace(':', '-')}-{cfg.model}")
+    study_dir.mkdir(parents=True, exist_ok=True)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial comes from `progress`
+    # TensorFlow warns of "retracing" when each trial's new model compiles its predict function: expected here
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    with _only_search(study_dir):
+        study = open_study(cfg, names, study_dir)
+        retry_killed(study)
+
+        def objective(trial: optuna.Trial) -> float:
+            values = {n: suggest(trial, n) for n in names}
+            run_dir = Path(trial.user_attrs.get("run_dir") or study_dir / f"trial-{trial.number:03d}")
+            trial.set_user_attr("run_dir", str(run_dir))
+            for epoch, value in _earlier_epochs(run_dir, cfg.monitor):  # a retried trial's epochs before the kill
+                trial.report(value, epoch)
+            prune = PruneTrial(trial, cfg.monitor)
+            metrics = _finished_metrics(run_dir)
+            if metrics is None:
+                keras.backend.clear_session()  # a fresh graph per trial: memory stays flat over a long search
+                metrics = train(trial_config(cfg, values, run_dir), callbacks=[prune]).metrics
+            trial.set_user_attr("epochs_run", metrics.get("epochs_run"))
+            if prune.pruned:
+                raise optuna.TrialPruned(f"{cfg.monitor} below the median of earlier trials")
+            return metrics[f"best_{cfg.monitor}"]
+
+        def after_trial(study: optuna.Study, frozen) -> None:
+            write_outputs(study, cfg, study_dir)
+            if progress:
+                progress(next(r for r in trial_rows(study) if r["number"] == frozen.number))
+
+        done = len(study.get_trials(deepcopy=False, states=FINISHED))
+        if done < trials:
+            study.optimize(objective, timeout=timeout, callbacks=[
+                optuna.study.MaxTrialsCallback(trials, states=FINISHED), after_trial])
+        return write_outputs(study, cfg, study_dir)
+
+
+def _importances(study: optuna.Study) -> tuple[dict[str, float], str]:
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(complete) < 2:
+        return {}, "needs two complete trials"
+    try:
+        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+        return optuna.importance.get_param_importances(study, evaluator=evaluator), ""
+    except (ValueError, RuntimeError) as err:  # e.g. every trial with the same value of a parameter
+        return {}, str(err).splitlines()[0][:120]
+
+
+def write_outputs(study: optuna.Study, cfg: TrainConfig, study_dir: Path) -> TuneResult:
+    """best.yaml (the best complete trial's config, to train with `imgtrain train --config`), the plots and
+    tune.html. Rewritten after every trial, so a long search can be followed and a killed one keeps them."""
+    from . import plots
+    from .report import png_bytes
+
+    rows = trial_rows(study)
+    complete = [r for r in rows if r["state"] == "complete"]
+    best = None
+    best_path = study_dir / "best.yaml"
+    if complete:
+        b = study.best_trial
+        best = next(r for r in rows if r["number"] == b.number)
+        trial_cfg = yaml.safe_load((Path(best["run_dir"]) / "config.yaml").read_text())
+        best_cfg = make_config(**{**trial_cfg, "out": None, "verbose": cfg.verbose})
+        head = (f"# best of {len(complete)} complete trials of the search in {study_dir}: trial {best['number']}, "
+                f"best {cfg.monitor} {best['value']:.4f}, run {best['run_dir']}\n"
+                f"# train it: imgtrain train --config {best_path}\n")
+        atomic_write(best_path, head + save_config(best_cfg))
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    scores, note = _importances(study)
+    pngs = {"history": png_bytes(plots.search_history(rows, f"best {cfg.monitor}", maximize)),
+            "importances": png_bytes(plots.importances(scores, note))}
+    for key, data in pngs.items():
+        atomic_write(study_dir / f"{key}.png", data)
+    report = study_dir / "tune.html"
+    atomic_write(report, render_html(study_dir, cfg, rows, best, scores, pngs,
+                                     study.user_attrs.get("params", []), best_path if best else None))
+    return TuneResult(study_dir, rows, best, best_path if best else None, report)
+
+
+def render_html(study_dir: Path, cfg: TrainConfig, rows: list[dict], best: dict | None, scores: dict,
+                pngs: dict[str, bytes], names: list[str], best_path: Path | None) -> str:
+    import base64
+
+    from .report import CSS, _table
+
+    esc = html.escape
+    img = lambda key: f'<img id="{key}" alt="{key}" src="data:image/png;base64,{base64.b64encode(pngs[key]).decode()}">'
+    counts = {s: sum(r["state"] == s for r in rows) for s in ("complete", "pruned", "fail", "running")}
+
+    def cell(v):
+        return esc(f"{v:.4g}" if isinstance(v, float) else "-" if v is None else str(v))
+
+    def link(run_dir):
+        if not run_dir:
+            return "-"
+        rel = Path(run_dir).name
+        target = f"{rel}/report.html" if (Path(run_dir) / "report.html").is_file() else f"{rel}/"
+        return f'<a href="{esc(target)}">{esc(rel)}</a>'
+
+    head = ["trial", "state", f"best {cfg.monitor}", *names, "epochs", "seconds", "run"]
+    body = "".join(
+        f"<tr{' class=best' if best and r['number'] == best['number'] else ''}><td>{r['number']}</td>"
+        f"<td>{esc(r['state'])}{' (retry of ' + str(r['retry_of']) + ')' if r['retry_of'] is not None else ''}</td>"
+        f"<td>{cell(r['value'])}</td>" + "".join(f"<td>{cell(r['params'].get(n))}</td>" for n in names)
+        + f"<td>{cell(r['epochs_run'])}</td><td>{cell(r['seconds'])}</td><td>{link(r['run_dir'])}</td></tr>"
+        for r in rows)
+    trial_table = ("<table class=trials><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + f"</tr>{body}"
+                   "</table>")
+    space = [(n, SPACE[n][0], ", ".join(map(str, SPACE[n][1]))) for n in names]
+    best_text = (f"trial {best['number']}: best {cfg.monitor} {best['value']:.4f} "
+                 f"({Path(best['run_dir']).name})" if best else "no complete trial yet")
+    parts = [
+        f"<!doctype html><html lang=en><head><meta charset=utf-8><title>imgtrain search: {esc(study_dir.name)}"
+        f"</title><style>{CSS}.best td{{background:#eef7ee}}</style></head><body>",
+        f"<h1>{esc(study_dir.name)}</h1><p class=headline>{esc(cfg.model)} on {esc(cfg.dataset)} · "
+        f"{len(rows)} trials: {counts['complete']} complete, {counts['pruned']} pruned, {counts['fail']} failed"
+        f"{', ' + str(counts['running']) + ' running' if counts['running'] else ''} · best {esc(best_text)}</p>",
+        f"<p>best config: <code>{esc(str(best_path))}</code> — <code>imgtrain train --config {esc(str(best_path))}"
+        "</code></p>" if best_path else "",
+        "<h2>Trials</h2>", trial_table,
+        "<h2>Optimisation history</h2>", img("history"),
+        "<h2>Parameter importances</h2>", img("importances"),
+        f"<p class=muted>from the {counts['complete']} complete trials; with few trials they are rough</p>"
+        if scores else "",
+        _table([(k, f"{v:.3f}") for k, v in scores.items()], ["parameter", "importance"]) if scores else "",
+        "<h2>Search space</h2>", _table(space, ["parameter", "sampled", "range or values"]),
+        f"<p class=muted>sampler TPE (seed {cfg.seed}); median pruner on {esc(cfg.monitor)} after "
+        f"{STARTUP_TRIALS} trials and from epoch {WARMUP_EPOCHS + 1}; study {esc(str(study_dir / 'study.db'))}</p>",
+        "<h2>Base config</h2>", _table([(k, yaml.safe_dump(v, default_flow_style=True).strip())
+                                        for k, v in cfg.model_dump(mode="json").items()], cls="config"),
+        "</body></html>",
+    ]
+    return "\n".join(parts)

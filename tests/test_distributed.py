@@ -1,0 +1,154 @@
+"""Data-parallel training for real on one machine: two `imgtrain train` processes joined over a localhost port, and
+two virtual CPU devices in one process (XLA's host device count), against a one-process run of the same config."""
+import json
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+
+from conftest import IMGTRAIN, ROOT, run_cli
+
+ARGS = ["train", "--dataset", "mnist", "--model", "mlp", "--epochs", "2", "--train-limit", "4000", "--batch-size",
+        "64", "--backend", "jax", "--no-report", "--set", "tensorboard=false", "--set", "test_limit=2000"]
+DP = ["--distribute", "data-parallel"]
+TWO_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def read(run, name):
+    return json.loads((run / name).read_text())
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    out = tmp_path_factory.mktemp("single") / "run"
+    run_cli(*ARGS, "--out", out)
+    return out
+
+
+def start_job(out, port: int) -> list[subprocess.Popen]:
+    job = [*ARGS, *DP, "--num-processes", "2", "--coordinator", f"127.0.0.1:{port}", "--out", str(out)]
+    return [subprocess.Popen([*IMGTRAIN, *job, "--process-id", str(i)], cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+
+
+def wait_for(path, procs, timeout=300):
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert all(p.poll() is None for p in procs) and time.time() < deadline, [p.communicate() for p in procs]
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory):
+    """The same config as two processes on 127.0.0.1 (global batch 64 = 2 x 32), both killed (SIGKILL) after epoch
+    1 and started again with the same command (on another port: the coordinator's address may change)."""
+    out = tmp_path_factory.mktemp("two") / "run"
+    procs = start_job(out, free_port())
+    wait_for(out / "last.keras", procs)
+    for p in procs:
+        p.send_signal(signal.SIGKILL)
+    for p in procs:
+        p.communicate(timeout=60)
+    assert read(out, "run.json")["status"] == "running"
+    procs = start_job(out, free_port())
+    results = [p.communicate(timeout=600) for p in procs]
+    for p, (stdout, stderr) in zip(procs, results):
+        assert p.returncode == 0, f"process exited {p.returncode}\n{stdout[-2000:]}\n{stderr[-3000:]}"
+    return out, [stdout for stdout, _ in results]
+
+
+def test_two_processes_train_as_one_process(single, two_processes):
+    out, _ = two_processes
+    one, two = read(single, "metrics.json"), read(out, "metrics.json")
+    assert abs(one["test_accuracy"] - two["test_accuracy"]) <= 0.005, (one["test_accuracy"], two["test_accuracy"])
+    assert abs(one["best_val_accuracy"] - two["best_val_accuracy"]) <= 0.005
+    assert two["test_images"] == one["test_images"] == 2000 and two["epochs_run"] == 2
+
+
+def test_the_run_directory_is_written_once_by_process_0(two_processes):
+    out, stdouts = two_processes
+    assert f"run directory: {out}" in stdouts[0] and "test accuracy" in stdouts[0]
+    assert stdouts[1].strip().splitlines()[-1] == f"done; process 0 writes the run directory: {out}"
+    info = read(out, "run.json")
+    assert info["status"] == "done" and info["versions"]["backend"] == "jax"
+    assert info["distribution"] == {"distribute": "data-parallel", "num_processes": 2, "devices": 2,
+                                    "global_batch": 64, "per_process_batch": 32}
+    log = (out / "train.log").read_text()  # the first start and the resumed one, each written by process 0 alone
+    assert log.count("data-parallel: 2 processes, 2 devices") == 2 and log.count(" done: ") == 1
+    assert (out / "history.csv").read_text().count("\n") == 3  # header + 2 epochs, written by one process
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")], "no temporary files left"
+
+
+def test_two_virtual_devices_give_the_weights_of_two_processes_killed_and_resumed(tmp_path, two_processes):
+    """One process over 2 virtual CPU devices runs the same program as 2 processes of 1 device: bit-identical
+    weights, which also shows that the killed and resumed two-process run ended as an uninterrupted one."""
+    out = tmp_path / "run"
+    run_cli(*ARGS, *DP, "--out", out, env=TWO_DEVICES)
+    assert read(out, "run.json")["distribution"] == {"distribute": "data-parallel", "num_processes": 1, "devices": 2,
+                                                     "global_batch": 64, "per_process_batch": 64}
+    two = two_processes[0]
+    assert read(two, "run.json")["resumed"] == [1]
+    assert read(out, "metrics.json")["weights_sha256"] == read(two, "metrics.json")["weights_sha256"]
+    assert (out / "history.csv").read_text().split("\n")[0] == (two / "history.csv").read_text().split("\n")[0]
+
+
+@pytest.mark.parametrize("args, env, expect", [
+    (["--backend", "tensorflow"], {}, "error: distribute 'data-parallel' runs on backend 'jax' (got 'tensorflow')"),
+    (["--batch-size", "63"], TWO_DEVICES, "error: batch_size 63 does not split over 2 devices (1 processes); "
+                                          "use a multiple of 2, e.g. 62 or 64"),
+    (["--num-processes", "2", "--process-id", "2"], {}, "error: process_id 2 is not below num_processes 2; "
+                                                        "valid: 0 to 1"),
+    (["--num-processes", "2"], {}, "error: num_processes 2 needs coordinator HOST:PORT"),
+])
+def test_mistakes_are_one_line_errors(tmp_path, args, env, expect):
+    proc = run_cli(*ARGS, *DP, *args, "--out", tmp_path / "run", env=env, check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(expect), proc.stderr[-2000:]
+    assert len([line for line in proc.stderr.splitlines() if line.startswith("error:")]) == 1
+
+
+def test_process_shards_make_up_the_one_process_batches():
+    import numpy as np
+
+    from imgtrain.data.batches import ArrayBatches
+
+    x, y = np.arange(1003)[:, None], np.arange(1003)  # 15 batches of 64 and 43 rows: the last trimmed to 42
+    one = ArrayBatches(x, y, 64, seed=3, epoch=1, multiple=2)  # one process, two devices
+    two = [ArrayBatches(x, y, 64, seed=3, epoch=1, shard=(p, 2), multiple=2) for p in (0, 1)]
+    assert len(one) == len(two[0]) == len(two[1]) == 16 and one.rows_per_pass == 1002
+    for i in range(16):
+        a, b = two[0][i][1], two[1][i][1]
+        assert len(a) == len(b) and np.array_equal(np.concatenate([a, b]), one[i][1])
+    plain = ArrayBatches(x, y, 64, seed=3, epoch=1)  # a one-device run keeps every row, as before
+    assert len(plain) == 16 and len(plain[15][1]) == 43 and np.array_equal(plain[3][1], one[3][1])
+    assert len(ArrayBatches(x, y, 64, seed=3, multiple=64)) == 15  # 43 rows cannot fill 64 devices: dropped
+
+
+def test_the_job_shape_comes_from_flags_then_the_engines_variables(monkeypatch):
+    from imgtrain.config import make_config
+    from imgtrain.distributed import resolve
+
+    monkeypatch.setenv("KERAS_DISTRIBUTION_JOB_ADDRESSES", "10.0.0.1:1234,10.0.0.2:2345")
+    monkeypatch.setenv("KERAS_DISTRIBUTION_NUM_PROCESSES", "2")
+    monkeypatch.setenv("KERAS_DISTRIBUTION_PROCESS_ID", "1")
+    cfg = resolve(make_config(backend="jax", distribute="data-parallel"))
+    assert (cfg.num_processes, cfg.process_id, cfg.coordinator) == (2, 1, "10.0.0.1:1234")
+    cfg = resolve(make_config(backend="jax", distribute="data-parallel", process_id=0, coordinator="h:1"))
+    assert (cfg.num_processes, cfg.process_id, cfg.coordinator) == (2, 0, "h:1")
+
+
+def test_learning_rate_scales_with_the_global_batch_only_when_asked():
+    from imgtrain.config import make_config
+    from imgtrain.schedules import peak_lr
+
+    cfg = dict(learning_rate=1e-3, batch_size=512, lr_base_batch=128)
+    assert peak_lr(make_config(**cfg)) == 1e-3
+    assert peak_lr(make_config(**cfg, lr_scaling="linear")) == pytest.approx(4e-3)
+    assert peak_lr(make_config(**cfg, lr_scaling="sqrt")) == pytest.approx(2e-3)
