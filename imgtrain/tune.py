@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 import keras
+import numpy as np
 import optuna
 import yaml
 from optuna.trial import TrialState
@@ -156,8 +157,10 @@ def open_study(cfg: TrainConfig, names: list[str], study_dir: Path) -> optuna.St
     study = optuna.create_study(
         storage=f"sqlite:///{(study_dir / 'study.db').resolve()}", study_name=study_dir.name, load_if_exists=True,
         direction="maximize" if "acc" in cfg.monitor else "minimize",
-        sampler=optuna.samplers.TPESampler(seed=cfg.seed),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=STARTUP_TRIALS, n_warmup_steps=WARMUP_EPOCHS))
+    # seeded by (seed, trials so far): reproducible, and a resumed search does not replay the first start's draws
+    start = np.random.default_rng([cfg.seed, len(study.trials)]).integers(2**31)
+    study.sampler = optuna.samplers.TPESampler(seed=int(start))
     base = make_config(**{**cfg.model_dump(), "out": None}).model_dump(mode="json")
     saved = study.user_attrs.get("base_config")
     if saved is None:
@@ -339,8 +342,9 @@ def render_html(study_dir: Path, cfg: TrainConfig, rows: list[dict], best: dict 
         if scores else "",
         _table([(k, f"{v:.3f}") for k, v in scores.items()], ["parameter", "importance"]) if scores else "",
         "<h2>Search space</h2>", _table(space, ["parameter", "sampled", "range or values"]),
-        f"<p class=muted>sampler TPE (seed {cfg.seed}); median pruner on {esc(cfg.monitor)} after "
-        f"{STARTUP_TRIALS} trials and from epoch {WARMUP_EPOCHS + 1}; study {esc(str(study_dir / 'study.db'))}</p>",
+        f"<p class=muted>sampler TPE (seeded from seed {cfg.seed} and the trials so far); median pruner on "
+        f"{esc(cfg.monitor)} after {STARTUP_TRIALS} trials and from epoch {WARMUP_EPOCHS + 1}; study "
+        f"{esc(str(study_dir / 'study.db'))}</p>",
         "<h2>Base config</h2>", _table([(k, yaml.safe_dump(v, default_flow_style=True).strip())
                                         for k, v in cfg.model_dump(mode="json").items()], cls="config"),
         "</body></html>",
