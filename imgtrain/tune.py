@@ -320,7 +320,8 @@ def render_html(study_dir: Path, cfg: TrainConfig, rows: list[dict], best: dict 
         f"<tr{' class=best' if best and r['number'] == best['number'] else ''}><td>{r['number']}</td>"
         f"<td>{esc(r['state'])}{' (retry of ' + str(r['retry_of']) + ')' if r['retry_of'] is not None else ''}</td>"
         f"<td>{cell(r['value'])}</td>" + "".join(f"<td>{cell(r['params'].get(n))}</td>" for n in names)
-        + f"<td>{cell(r['epochs_run'])}</td><td>{cell(r['seconds'])}</td><td>{link(r['run_dir'])}</td></tr>"
+        + f"<td>{cell(r['epochs_run'])}</td><td>{cell(round(r['seconds']) if r['seconds'] else None)}</td>"
+        f"<td>{link(r['run_dir'])}</td></tr>"
         for r in rows)
     trial_table = ("<table class=trials><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + f"</tr>{body}"
                    "</table>")
