@@ -114,6 +114,19 @@ def test_mistakes_are_one_line_errors(tmp_path, args, env, expect):
     assert len([line for line in proc.stderr.splitlines() if line.startswith("error:")]) == 1
 
 
+def test_a_coordinator_port_in_use_is_a_one_line_error(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = run_cli(*ARGS, *DP, "--num-processes", "2", "--process-id", "0", "--coordinator", f"127.0.0.1:{port}",
+                       "--out", tmp_path / "run", check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == (
+        f"error: process 0 cannot listen on port {port} as the coordinator: Address already in use; choose another "
+        "port in --coordinator")
+    assert not (tmp_path / "run").exists()
+
+
 def test_process_shards_make_up_the_one_process_batches():
     import numpy as np
 
