@@ -99,9 +99,9 @@ def join(cfg: TrainConfig):
     replicas = jax.device_count()
     if cfg.batch_size % replicas:
         lower, upper = cfg.batch_size // replicas * replicas, (cfg.batch_size // replicas + 1) * replicas
-        raise ConfigError(f"batch_size {cfg.batch_size} does not split over {replicas} devices "
-                          f"({cfg.num_processes} processes); use a multiple of {replicas}, e.g. "
-                          f"{lower or upper} or {upper}")
+        procs = f"{cfg.num_processes} process" + ("es" if cfg.num_processes > 1 else "")
+        raise ConfigError(f"batch_size {cfg.batch_size} does not split over {replicas} devices ({procs}); "
+                          f"use a multiple of {replicas}, e.g. {lower or upper} or {upper}")
     previous = keras.distribution.distribution()
     # auto_shard_dataset=False: each process feeds its own part of every batch (ArrayBatches' shard)
     keras.distribution.set_distribution(keras.distribution.DataParallel(auto_shard_dataset=False))

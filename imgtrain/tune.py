@@ -193,14 +193,34 @@ def _earlier_epochs(run_dir: Path, monitor: str) -> list[tuple[int, float]]:
     return [(i, v) for i, v in enumerate(values) if math.isfinite(v)]
 
 
-def _finished_metrics(run_dir: Path) -> dict | None:
-    """metrics.json of a run that finished before the search was killed (its trial was never told)."""
+def _status(run_dir: Path) -> str | None:
     import json
 
     info = run_dir / "run.json"
-    if info.is_file() and json.loads(info.read_text()).get("status") == "done":
+    return json.loads(info.read_text()).get("status") if info.is_file() else None
+
+
+def _run_trial(trial: optuna.Trial, cfg: TrainConfig, prune: PruneTrial, study: optuna.Study) -> dict:
+    """The trial's run: trained (or resumed), or read back when it finished before a kill left its trial open."""
+    import json
+
+    from .train import train
+
+    run_dir = Path(cfg.out)
+    if _status(run_dir) == "done":
         return json.loads((run_dir / "metrics.json").read_text())
-    return None
+    keras.backend.clear_session()  # drop the earlier trials' models from Keras' global state
+    try:
+        return train(cfg, callbacks=[prune]).metrics
+    except ImgtrainError:
+        status = _status(run_dir)
+        if status == "diverged":  # too high a learning rate, say: a finished trial, not the end of the search
+            raise optuna.TrialPruned(f"{cfg.monitor}: the loss diverged") from None
+        if status == "interrupted":  # Ctrl-C: queue it again, so that the same command resumes this run
+            study.enqueue_trial(trial.params, user_attrs={"run_dir": str(run_dir), "retry_of": trial.number})
+            raise ImgtrainError(f"search interrupted in trial {trial.number}; run the same command again to "
+                                "resume it") from None
+        raise
 
 
 def tune(cfg: TrainConfig, trials: int, timeout: float | None = None, name: str | None = None,
@@ -208,8 +228,6 @@ def tune(cfg: TrainConfig, trials: int, timeout: float | None = None, name: str 
          progress: Callable[[dict], None] | None = None) -> TuneResult:
     """Search until the study holds `trials` finished (complete or pruned) trials, or `timeout` seconds have gone
     (no trial starts after that). `progress(row)` is called after each trial."""
-    from .train import train
-
     if trials < 1:
         raise ConfigError(f"--trials must be at least 1 (got {trials})")
     if (cfg.num_processes or 1) > 1:
@@ -232,10 +250,7 @@ def tune(cfg: TrainConfig, trials: int, timeout: float | None = None, name: str 
             for epoch, value in _earlier_epochs(run_dir, cfg.monitor):  # a retried trial's epochs before the kill
                 trial.report(value, epoch)
             prune = PruneTrial(trial, cfg.monitor)
-            metrics = _finished_metrics(run_dir)
-            if metrics is None:
-                keras.backend.clear_session()  # a fresh graph per trial: memory stays flat over a long search
-                metrics = train(trial_config(cfg, values, run_dir), callbacks=[prune]).metrics
+            metrics = _run_trial(trial, trial_config(cfg, values, run_dir), prune, study)
             trial.set_user_attr("epochs_run", metrics.get("epochs_run"))
             if prune.pruned:
                 raise optuna.TrialPruned(f"{cfg.monitor} below the median of earlier trials")

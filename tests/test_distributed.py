@@ -102,7 +102,7 @@ def test_two_virtual_devices_give_the_weights_of_two_processes_killed_and_resume
 
 @pytest.mark.parametrize("args, env, expect", [
     (["--backend", "tensorflow"], {}, "error: distribute 'data-parallel' runs on backend 'jax' (got 'tensorflow')"),
-    (["--batch-size", "63"], TWO_DEVICES, "error: batch_size 63 does not split over 2 devices (1 processes); "
+    (["--batch-size", "63"], TWO_DEVICES, "error: batch_size 63 does not split over 2 devices (1 process); "
                                           "use a multiple of 2, e.g. 62 or 64"),
     (["--num-processes", "2", "--process-id", "2"], {}, "error: process_id 2 is not below num_processes 2; "
                                                         "valid: 0 to 1"),
