@@ -157,7 +157,8 @@ def lr_find_cmd(
 @app.command()
 def tune(
     config: Path = typer.Argument(..., help="YAML or TOML config that every trial starts from"),
-    trials: int = typer.Option(20, "--trials", "-n", help="finished trials (complete or pruned) the search should hold"),
+    trials: int = typer.Option(20, "--trials", "-n", help="finished (complete or pruned) trials the search holds "
+                                                          "at the end"),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="seconds after which no new trial starts"),
     name: Optional[str] = typer.Option(None, "--name", help="the search's folder under --dir "
                                                             "(default tune-<dataset>-<model>)"),

@@ -99,9 +99,9 @@ def join(cfg: TrainConfig):
     replicas = jax.device_count()
     if cfg.batch_size % replicas:
         lower, upper = cfg.batch_size // replicas * replicas, (cfg.batch_size // replicas + 1) * replicas
-        raise ConfigError(f"batch_size {cfg.batch_size} does not split over {replicas} devices "
-                          f"({cfg.num_processes} processes); use a multiple of {replicas}, e.g. "
-                          f"{lower or upper} or {upper}")
+        procs = f"{cfg.num_processes} process" + ("es" if cfg.num_processes > 1 else "")
+        raise ConfigError(f"batch_size {cfg.batch_size} does not split over {replicas} devices ({procs}); "
+                          f"use a multiple of {replicas}, e.g. {lower or upper} or {upper}")
     previous = keras.distribution.distribution()
     # auto_shard_dataset=False: each process feeds its own part of every batch (ArrayBatches' shard)
     keras.distribution.set_distribution(keras.distribution.DataParallel(auto_shard_dataset=False))
@@ -125,6 +125,12 @@ def _initialize(coordinator: str | None, num_processes: int, process_id: int) ->
     host, _, port = coordinator.rpartition(":")
     if not host or not port.isdigit():
         raise ConfigError(f"coordinator must be HOST:PORT, e.g. 10.0.0.1:12345 (got {coordinator!r})")
+    # JAX ends the process with a C++ fatal error when the coordinator cannot be reached or its port is taken:
+    # check both first, so that these common mistakes are one-line errors
+    if process_id == 0:
+        _check_port_free(int(port))
+    else:
+        _wait_for_coordinator(host.strip("[]"), int(port))
     import jax
 
     try:
@@ -134,6 +140,35 @@ def _initialize(coordinator: str | None, num_processes: int, process_id: int) ->
         raise ImgtrainError(f"cannot join the job at {coordinator} as process {process_id} of {num_processes}: "
                             f"{str(err).strip().splitlines()[0][:300]}") from None
     _joined = key
+
+
+def _check_port_free(port: int) -> None:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC does: a port left in TIME_WAIT is free
+        try:
+            s.bind(("", port))
+        except OSError as err:
+            raise ImgtrainError(f"process 0 cannot listen on port {port} as the coordinator: {err.strerror}; "
+                                "choose another port in --coordinator") from None
+
+
+def _wait_for_coordinator(host: str, port: int) -> None:
+    import socket
+    import time
+
+    deadline = time.monotonic() + JOIN_TIMEOUT_S
+    while True:
+        try:
+            socket.create_connection((host, port), timeout=5).close()
+            return
+        except OSError as err:
+            if time.monotonic() > deadline:
+                raise ImgtrainError(f"cannot reach the coordinator at {host}:{port} within {JOIN_TIMEOUT_S} s "
+                                    f"({err.strerror or err}); start process 0 there, or check the address, "
+                                    "port and firewall") from None
+            time.sleep(1)
 
 
 def agree(cluster: Cluster, what: str, value: int) -> None:

@@ -152,14 +152,14 @@ def search_history(trials: list[dict], metric: str, maximize: bool) -> Figure:
         ax.plot([t["number"] for t in rows], [t["value"] for t in rows], style, label=state)
     done = sorted((t["number"], t["value"]) for t in trials if t["state"] == "complete" and t["value"] is not None)
     if done:
-        best = np.maximum.accumulate if maximize else np.minimum.accumulate
-        ax.step([n for n, _ in done], best(np.array([v for _, v in done])), where="post", color="gray",
-                label="best so far")
+        best = (np.maximum if maximize else np.minimum).accumulate(np.array([v for _, v in done]))
+        last = max(t["number"] for t in trials)  # the line runs on to the last trial, complete or not
+        ax.step([n for n, _ in done] + [last], [*best, best[-1]], where="post", color="gray", label="best so far")
     ax.set_xlabel("trial")
     ax.set_ylabel(metric)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right" if maximize else "upper right")
+    ax.legend(loc="best")
     ax.set_title("optimisation history")
     return fig
 

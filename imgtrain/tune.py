@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 import keras
+import numpy as np
 import optuna
 import yaml
 from optuna.trial import TrialState
@@ -156,8 +157,10 @@ def open_study(cfg: TrainConfig, names: list[str], study_dir: Path) -> optuna.St
     study = optuna.create_study(
         storage=f"sqlite:///{(study_dir / 'study.db').resolve()}", study_name=study_dir.name, load_if_exists=True,
         direction="maximize" if "acc" in cfg.monitor else "minimize",
-        sampler=optuna.samplers.TPESampler(seed=cfg.seed),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=STARTUP_TRIALS, n_warmup_steps=WARMUP_EPOCHS))
+    # seeded by (seed, trials so far): reproducible, and a resumed search does not replay the first start's draws
+    start = np.random.default_rng([cfg.seed, len(study.trials)]).integers(2**31)
+    study.sampler = optuna.samplers.TPESampler(seed=int(start))
     base = make_config(**{**cfg.model_dump(), "out": None}).model_dump(mode="json")
     saved = study.user_attrs.get("base_config")
     if saved is None:
@@ -190,14 +193,34 @@ def _earlier_epochs(run_dir: Path, monitor: str) -> list[tuple[int, float]]:
     return [(i, v) for i, v in enumerate(values) if math.isfinite(v)]
 
 
-def _finished_metrics(run_dir: Path) -> dict | None:
-    """metrics.json of a run that finished before the search was killed (its trial was never told)."""
+def _status(run_dir: Path) -> str | None:
     import json
 
     info = run_dir / "run.json"
-    if info.is_file() and json.loads(info.read_text()).get("status") == "done":
+    return json.loads(info.read_text()).get("status") if info.is_file() else None
+
+
+def _run_trial(trial: optuna.Trial, cfg: TrainConfig, prune: PruneTrial, study: optuna.Study) -> dict:
+    """The trial's run: trained (or resumed), or read back when it finished before a kill left its trial open."""
+    import json
+
+    from .train import train
+
+    run_dir = Path(cfg.out)
+    if _status(run_dir) == "done":
         return json.loads((run_dir / "metrics.json").read_text())
-    return None
+    keras.backend.clear_session()  # drop the earlier trials' models from Keras' global state
+    try:
+        return train(cfg, callbacks=[prune]).metrics
+    except ImgtrainError:
+        status = _status(run_dir)
+        if status == "diverged":  # too high a learning rate, say: a finished trial, not the end of the search
+            raise optuna.TrialPruned(f"{cfg.monitor}: the loss diverged") from None
+        if status == "interrupted":  # Ctrl-C: queue it again, so that the same command resumes this run
+            study.enqueue_trial(trial.params, user_attrs={"run_dir": str(run_dir), "retry_of": trial.number})
+            raise ImgtrainError(f"search interrupted in trial {trial.number}; run the same command again to "
+                                "resume it") from None
+        raise
 
 
 def tune(cfg: TrainConfig, trials: int, timeout: float | None = None, name: str | None = None,
@@ -205,8 +228,6 @@ def tune(cfg: TrainConfig, trials: int, timeout: float | None = None, name: str 
          progress: Callable[[dict], None] | None = None) -> TuneResult:
     """Search until the study holds `trials` finished (complete or pruned) trials, or `timeout` seconds have gone
     (no trial starts after that). `progress(row)` is called after each trial."""
-    from .train import train
-
     if trials < 1:
         raise ConfigError(f"--trials must be at least 1 (got {trials})")
     if (cfg.num_processes or 1) > 1:
@@ -229,10 +250,7 @@ def tune(cfg: TrainConfig, trials: int, timeout: float | None = None, name: str 
             for epoch, value in _earlier_epochs(run_dir, cfg.monitor):  # a retried trial's epochs before the kill
                 trial.report(value, epoch)
             prune = PruneTrial(trial, cfg.monitor)
-            metrics = _finished_metrics(run_dir)
-            if metrics is None:
-                keras.backend.clear_session()  # a fresh graph per trial: memory stays flat over a long search
-                metrics = train(trial_config(cfg, values, run_dir), callbacks=[prune]).metrics
+            metrics = _run_trial(trial, trial_config(cfg, values, run_dir), prune, study)
             trial.set_user_attr("epochs_run", metrics.get("epochs_run"))
             if prune.pruned:
                 raise optuna.TrialPruned(f"{cfg.monitor} below the median of earlier trials")
@@ -317,7 +335,8 @@ def render_html(study_dir: Path, cfg: TrainConfig, rows: list[dict], best: dict 
         f"<tr{' class=best' if best and r['number'] == best['number'] else ''}><td>{r['number']}</td>"
         f"<td>{esc(r['state'])}{' (retry of ' + str(r['retry_of']) + ')' if r['retry_of'] is not None else ''}</td>"
         f"<td>{cell(r['value'])}</td>" + "".join(f"<td>{cell(r['params'].get(n))}</td>" for n in names)
-        + f"<td>{cell(r['epochs_run'])}</td><td>{cell(r['seconds'])}</td><td>{link(r['run_dir'])}</td></tr>"
+        + f"<td>{cell(r['epochs_run'])}</td><td>{cell(round(r['seconds']) if r['seconds'] else None)}</td>"
+        f"<td>{link(r['run_dir'])}</td></tr>"
         for r in rows)
     trial_table = ("<table class=trials><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + f"</tr>{body}"
                    "</table>")
@@ -339,8 +358,9 @@ def render_html(study_dir: Path, cfg: TrainConfig, rows: list[dict], best: dict 
         if scores else "",
         _table([(k, f"{v:.3f}") for k, v in scores.items()], ["parameter", "importance"]) if scores else "",
         "<h2>Search space</h2>", _table(space, ["parameter", "sampled", "range or values"]),
-        f"<p class=muted>sampler TPE (seed {cfg.seed}); median pruner on {esc(cfg.monitor)} after "
-        f"{STARTUP_TRIALS} trials and from epoch {WARMUP_EPOCHS + 1}; study {esc(str(study_dir / 'study.db'))}</p>",
+        f"<p class=muted>sampler TPE (seeded from seed {cfg.seed} and the trials so far); median pruner on "
+        f"{esc(cfg.monitor)} after {STARTUP_TRIALS} trials and from epoch {WARMUP_EPOCHS + 1}; study "
+        f"{esc(str(study_dir / 'study.db'))}</p>",
         "<h2>Base config</h2>", _table([(k, yaml.safe_dump(v, default_flow_style=True).strip())
                                         for k, v in cfg.model_dump(mode="json").items()], cls="config"),
         "</body></html>",

@@ -102,7 +102,7 @@ def test_two_virtual_devices_give_the_weights_of_two_processes_killed_and_resume
 
 @pytest.mark.parametrize("args, env, expect", [
     (["--backend", "tensorflow"], {}, "error: distribute 'data-parallel' runs on backend 'jax' (got 'tensorflow')"),
-    (["--batch-size", "63"], TWO_DEVICES, "error: batch_size 63 does not split over 2 devices (1 processes); "
+    (["--batch-size", "63"], TWO_DEVICES, "error: batch_size 63 does not split over 2 devices (1 process); "
                                           "use a multiple of 2, e.g. 62 or 64"),
     (["--num-processes", "2", "--process-id", "2"], {}, "error: process_id 2 is not below num_processes 2; "
                                                         "valid: 0 to 1"),
@@ -112,6 +112,19 @@ def test_mistakes_are_one_line_errors(tmp_path, args, env, expect):
     proc = run_cli(*ARGS, *DP, *args, "--out", tmp_path / "run", env=env, check=False)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(expect), proc.stderr[-2000:]
     assert len([line for line in proc.stderr.splitlines() if line.startswith("error:")]) == 1
+
+
+def test_a_coordinator_port_in_use_is_a_one_line_error(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = run_cli(*ARGS, *DP, "--num-processes", "2", "--process-id", "0", "--coordinator", f"127.0.0.1:{port}",
+                       "--out", tmp_path / "run", check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == (
+        f"error: process 0 cannot listen on port {port} as the coordinator: Address already in use; choose another "
+        "port in --coordinator")
+    assert not (tmp_path / "run").exists()
 
 
 def test_process_shards_make_up_the_one_process_batches():
