@@ -15,7 +15,6 @@ import json
 import math
 import os
 import platform
-import resource
 import statistics
 import tempfile
 import time
@@ -75,10 +74,6 @@ def forward_flops(model) -> float:
         elif isinstance(layer, keras.layers.Dense):
             total += 2.0 * layer.input.shape[-1] * layer.units
     return total
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 # ----- the seed notes' code (side A) -----
@@ -315,19 +310,19 @@ def preset_runs(names: list[str], repeats: int, log) -> dict:
     for name in names:
         runs = []
         for i in range(repeats):
-            with tempfile.TemporaryDirectory() as tmp:
+            with tempfile.TemporaryDirectory() as tmp, open(Path(tmp) / "stderr", "w+") as err:
                 cmd = [sys.executable, "-m", "imgtrain.cli", "train", "--preset", name, "--out", f"{tmp}/run",
                        "--set", "verbose=quiet"]
                 t = time.perf_counter()
-                proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                _, _, usage = os.wait4(proc.pid, 0)  # the child's own peak RSS
+                proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=err)  # a file: no pipe to fill
                 wall = time.perf_counter() - t
-                stdout, stderr = proc.communicate()
                 if proc.returncode:
-                    raise RuntimeError(f"preset {name} failed: {stderr.strip().splitlines()[-1:]}")
+                    err.seek(0)
+                    raise RuntimeError(f"preset {name} failed: {err.read().strip().splitlines()[-1:]}")
                 metrics = json.loads((Path(tmp) / "run" / "metrics.json").read_text())
+                info = json.loads((Path(tmp) / "run" / "run.json").read_text())
             runs.append({"wall_s": wall, "test_accuracy": metrics["test_accuracy"],
-                         "peak_rss_mib": usage.ru_maxrss / 1024})
+                         "peak_rss_mib": info.get("peak_rss_mib")})  # the child's own VmHWM
             log(f"  preset {name} run {i + 1}/{repeats}: {metrics['test_accuracy']:.4f} in {wall:.1f} s")
         target = PRESETS.get(name).get("target")
         out[name] = {"target": target, "runs": runs,
@@ -366,7 +361,9 @@ def run_bench(quick: bool = False, presets: list[str] | None = None, repeats: in
     if presets:
         log("time to accuracy (cold processes)")
         result["presets"] = preset_runs(presets, repeats, log)
-    result["peak_rss_mib"] = peak_rss_mib()
+    from .train import peak_rss_mib
+
+    result["peak_rss_mib"] = peak_rss_mib()  # of this process: both sides' models and data
     return result
 
 
@@ -405,6 +402,6 @@ def markdown(result: dict) -> str:
             t = p["target"] or {}
             lines.append(f"| `{name}` | {t.get('accuracy', '-')} in ≤ {t.get('seconds', '-')} s | "
                          f"{p['median_test_accuracy']:.4f} | {p['median_wall_s']:.1f} | "
-                         f"{max(r['peak_rss_mib'] for r in p['runs']):,.0f} |")
-    lines += ["", f"Peak RSS of the benchmark process: {result['peak_rss_mib']:,.0f} MiB."]
+                         f"{max(r['peak_rss_mib'] or 0 for r in p['runs']):,.0f} |")
+    lines += ["", f"Peak RSS of the benchmark process: {result['peak_rss_mib'] or 0:,.0f} MiB."]
     return "\n".join(lines)

@@ -155,6 +155,18 @@ def compile_model(model, cfg: TrainConfig, num_classes: int, optimizer) -> int:
     return onehot
 
 
+def peak_rss_mib() -> float | None:
+    """This process's peak resident memory in MiB: VmHWM of its own address space. (getrusage's ru_maxrss would
+    also count the parent's memory at fork, which Linux carries across exec.)"""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return None
+
+
 def weights_hash(model) -> str:
     """sha256 over every weight's bytes, in layer order: equal hashes mean bit-identical models."""
     h = hashlib.sha256()
@@ -394,7 +406,7 @@ def _score(cfg: TrainConfig, ds, model, run_dir: Path, log: logging.Logger, meta
                     timings={"setup_s": t_data - t_start, "fit_s": t_fit - t_data, "evaluate_s": t_end - t_fit,
                              "total_s": t_end - t_start,
                              "train_images_per_s": len(ds.train) * len(losses)
-                             / max(t_fit - t_data, 1e-9)})
+                             / max(t_fit - t_data, 1e-9)}, peak_rss_mib=peak_rss_mib())
     atomic_write_json(run_dir / "run.json", run_info)
     log.info("done: %s", {k: v for k, v in metrics.items() if k != "test"})
     if cfg.report:

@@ -65,6 +65,8 @@ def test_preset_with_overrides_trains(tmp_path):
     assert "model: cnn_small" in cfg and "precision: mixed_bfloat16" in cfg and "train_limit: 3000" in cfg
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["test_accuracy"] >= 0.90, proc.stdout
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert 100 < info["peak_rss_mib"] < 4096  # this process's own peak (VmHWM), not the pytest parent's
 
 
 def test_folder_decode_cache_is_used_and_invalidated(tmp_path, fashion, monkeypatch):
