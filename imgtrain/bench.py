@@ -26,24 +26,16 @@ import numpy as np
 FAST = dict(precision="mixed_bfloat16", batch_size=256, schedule="onecycle", learning_rate=3e-3, seed=0)
 
 
-def cpu_name() -> str:
+def cpu_info() -> tuple[str, set[str]]:
+    """(model name, instruction-set flags) of the first CPU in /proc/cpuinfo; elsewhere what `platform` knows."""
+    fields = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
-
-
-def cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+    return fields.get("model name") or platform.processor() or platform.machine(), set(fields.get("flags", "").split())
 
 
 def matmul_flops(n: int = 4096, dtype: str = "float32", repeats: int = 5) -> float:
@@ -53,11 +45,7 @@ def matmul_flops(n: int = 4096, dtype: str = "float32", repeats: int = 5) -> flo
     a = tf.random.normal((n, n), dtype=tf.float32)
     a = tf.cast(a, dtype)
     tf.linalg.matmul(a, a).numpy()  # warm-up: oneDNN picks its kernel here
-    best = math.inf
-    for _ in range(repeats):
-        t = time.perf_counter()
-        tf.linalg.matmul(a, a).numpy()
-        best = min(best, time.perf_counter() - t)
+    best = min(_timed(lambda: tf.linalg.matmul(a, a).numpy()) for _ in range(repeats))
     return 2 * n ** 3 / best
 
 
@@ -110,28 +98,12 @@ def seed004_model(input_shape=(28, 28, 1), classes: int = 10, dense: int = 64, d
 
 # ----- the pieces that time things -----
 
-class EpochClock:
-    """Seconds of each epoch, measured inside fit (no data conversion or compile outside the epoch counted)."""
-
-    def __init__(self):
-        import keras
-
-        class Clock(keras.callbacks.Callback):
-            def on_epoch_begin(cb, epoch, logs=None):
-                cb.t = time.perf_counter()
-
-            def on_epoch_end(cb, epoch, logs=None):
-                self.seconds.append(time.perf_counter() - cb.t)
-
-        self.seconds: list[float] = []
-        self.callback = Clock()
-
-
 def training_pair(name: str, dataset: str, epochs: int, limit: int | None, log) -> dict:
     """Seed code (A) and imgtrain (B) trained in alternating epochs on the same data; test accuracy of each."""
     import keras
 
     from .backend import precision
+    from .callbacks import EpochStats
     from .config import make_config
     from .data import load_dataset
     from .models import build_model
@@ -156,22 +128,22 @@ def training_pair(name: str, dataset: str, epochs: int, limit: int | None, log) 
     steps = math.ceil(len(x) / cfg.batch_size)
     onehot = compile_model(model, cfg, ds.num_classes, make_optimizer(cfg, steps))
     batches = fit_inputs(ds.train, cfg, ds.input_shape, onehot, True, {})
-    clock_a, clock_b = EpochClock(), EpochClock()
+    seconds_a, seconds_b = [], []  # of each epoch, timed inside fit by EpochStats
     for epoch in range(epochs):
-        seed_model.fit(xa, seed_y, batch_size=seed_batch, epochs=epoch + 1, initial_epoch=epoch, verbose=0,
-                       callbacks=[clock_a.callback])
-        model.fit(batches, epochs=epoch + 1, initial_epoch=epoch, shuffle=False, verbose=0,
-                  callbacks=[clock_b.callback])
-        log(f"  {name} epoch {epoch + 1}/{epochs}: seed {len(x) / clock_a.seconds[-1]:,.0f} img/s, "
-            f"imgtrain {len(x) / clock_b.seconds[-1]:,.0f} img/s")
-    rate = lambda clock: len(x) / statistics.median(clock.seconds[1:] or clock.seconds)  # noqa: E731
+        seconds_a += seed_model.fit(xa, seed_y, batch_size=seed_batch, epochs=epoch + 1, initial_epoch=epoch,
+                                    verbose=0, callbacks=[EpochStats()]).history["epoch_seconds"]
+        seconds_b += model.fit(batches, epochs=epoch + 1, initial_epoch=epoch, shuffle=False, verbose=0,
+                               callbacks=[EpochStats()]).history["epoch_seconds"]
+        log(f"  {name} epoch {epoch + 1}/{epochs}: seed {len(x) / seconds_a[-1]:,.0f} img/s, "
+            f"imgtrain {len(x) / seconds_b[-1]:,.0f} img/s")
+    rate = lambda seconds: len(x) / statistics.median(seconds[1:] or seconds)  # noqa: E731
     acc_a = float((seed_model.predict(xta, verbose=0).argmax(1) == yt).mean())
     acc_b = float((model.predict(xt, batch_size=1024, verbose=0).argmax(1) == yt).mean())
     out = {"dataset": dataset, "train_images": int(len(x)), "test_images": int(len(xt)), "epochs": epochs,
-           "seed": {"batch_size": seed_batch, "images_per_s": rate(clock_a), "test_accuracy": acc_a,
-                    "epoch_s": clock_a.seconds},
-           "imgtrain": {**ours, **FAST, "images_per_s": rate(clock_b), "test_accuracy": acc_b,
-                        "epoch_s": clock_b.seconds},
+           "seed": {"batch_size": seed_batch, "images_per_s": rate(seconds_a), "test_accuracy": acc_a,
+                    "epoch_s": seconds_a},
+           "imgtrain": {**ours, **FAST, "images_per_s": rate(seconds_b), "test_accuracy": acc_b,
+                        "epoch_s": seconds_b},
            "mflop_per_train_image": 3 * forward_flops(seed_model) / 1e6}  # backward ~2x forward
     out["speedup"] = out["imgtrain"]["images_per_s"] / out["seed"]["images_per_s"]
     out["inference"] = inference_pair(seed_model, xta, model, xt)
@@ -225,6 +197,7 @@ def folder_pipeline(n: int, train_images: int, log) -> dict:
     import tensorflow as tf
 
     from .backend import precision
+    from .callbacks import EpochStats
     from .data import load_dataset
     from .data.batches import ArrayBatches
     from .models import AUGMENTS
@@ -237,38 +210,31 @@ def folder_pipeline(n: int, train_images: int, log) -> dict:
         gen = ImageDataGenerator(rotation_range=15, rescale=1.0 / 255, shear_range=0.1, zoom_range=0.2,
                                  horizontal_flip=True, width_shift_range=0.1, height_shift_range=0.1)
         flow = gen.flow_from_directory(str(root), target_size=(128, 128), batch_size=15, class_mode="categorical")
-        t = time.perf_counter()
-        for i in range(len(flow)):
-            flow[i]
-        out["seed_imagedatagenerator_images_per_s"] = n / (time.perf_counter() - t)
+        out["seed_imagedatagenerator_images_per_s"] = n / _timed(lambda: [flow[i] for i in range(len(flow))])
         log(f"  folder: seed ImageDataGenerator {out['seed_imagedatagenerator_images_per_s']:,.0f} img/s")
 
         old = os.environ.get("IMGTRAIN_DATA")
         os.environ["IMGTRAIN_DATA"] = str(Path(tmp) / "cache")  # a cold decode cache
+        loaded = []
+
+        def load():
+            loaded.append(load_dataset(f"folder:{root}", image_size=(128, 128), channels=3, val_split=0.0,
+                                       test_split=0.0, stream=False))
+
         try:
-            t = time.perf_counter()
-            ds = load_dataset(f"folder:{root}", image_size=(128, 128), channels=3, val_split=0.0, test_split=0.0,
-                              stream=False)
-            out["imgtrain_first_epoch_images_per_s"] = n / (time.perf_counter() - t)
-            t = time.perf_counter()
-            ds = load_dataset(f"folder:{root}", image_size=(128, 128), channels=3, val_split=0.0, test_split=0.0,
-                              stream=False)
-            out["imgtrain_cached_load_images_per_s"] = n / (time.perf_counter() - t)
+            out["imgtrain_first_epoch_images_per_s"] = n / _timed(load)  # decodes every file, writes the cache
+            out["imgtrain_cached_load_images_per_s"] = n / _timed(load)  # reads the cache
         finally:
             os.environ.pop("IMGTRAIN_DATA") if old is None else os.environ.__setitem__("IMGTRAIN_DATA", old)
+        ds = loaded[-1]
         batches = ArrayBatches(ds.train.x, ds.train.y, 64, seed=0)
-        t = time.perf_counter()
-        for i in range(len(batches)):
-            batches[i]
-        out["imgtrain_later_epoch_images_per_s"] = n / (time.perf_counter() - t)
+        out["imgtrain_later_epoch_images_per_s"] = n / _timed(lambda: [batches[i] for i in range(len(batches))])
         # the augmentation runs inside the model's compiled train step, on the batch; timed here on its own
         augment = keras.Sequential(AUGMENTS["seed004"]())
         step = tf.function(lambda xb: augment(tf.cast(xb, tf.float32), training=True))
         step(batches[0][0])  # trace once
-        t = time.perf_counter()
-        for i in range(len(batches) - 1):  # full batches only: the last, shorter one would trace again
-            step(batches[i][0]).numpy()
-        out["augmentation_images_per_s"] = 64 * (len(batches) - 1) / (time.perf_counter() - t)
+        full = range(len(batches) - 1)  # full batches only: the last, shorter one would trace again
+        out["augmentation_images_per_s"] = 64 * len(full) / _timed(lambda: [step(batches[i][0]).numpy() for i in full])
         log(f"  folder: imgtrain decode {out['imgtrain_first_epoch_images_per_s']:,.0f} img/s, cache "
             f"{out['imgtrain_cached_load_images_per_s']:,.0f} img/s, later epochs "
             f"{out['imgtrain_later_epoch_images_per_s']:,.0f} img/s, augmentation layers "
@@ -284,15 +250,15 @@ def folder_pipeline(n: int, train_images: int, log) -> dict:
     with precision("mixed_bfloat16"):
         model = build_model("cnn_bn", (128, 128, 3), 2, dense=512, conv_dropout=0.25, dropout=0.5)
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", jit_compile=False)
-    a_clock, b_clock = EpochClock(), EpochClock()
+    seconds_a, seconds_b = [], []
     for epoch in range(3):
-        seed_model.fit(xa, ya, batch_size=15, epochs=epoch + 1, initial_epoch=epoch, verbose=0,
-                       callbacks=[a_clock.callback])
-        model.fit(ArrayBatches(x, y, 64, seed=0, epoch=epoch), epochs=epoch + 1, initial_epoch=epoch,
-                  shuffle=False, verbose=0, callbacks=[b_clock.callback])
+        seconds_a += seed_model.fit(xa, ya, batch_size=15, epochs=epoch + 1, initial_epoch=epoch, verbose=0,
+                                    callbacks=[EpochStats()]).history["epoch_seconds"]
+        seconds_b += model.fit(ArrayBatches(x, y, 64, seed=0, epoch=epoch), epochs=epoch + 1, initial_epoch=epoch,
+                               shuffle=False, verbose=0, callbacks=[EpochStats()]).history["epoch_seconds"]
     out["train_mflop_per_image"] = 3 * forward_flops(seed_model) / 1e6
-    out["seed_train_images_per_s"] = train_images / statistics.median(a_clock.seconds[1:])
-    out["imgtrain_train_images_per_s"] = train_images / statistics.median(b_clock.seconds[1:])
+    out["seed_train_images_per_s"] = train_images / statistics.median(seconds_a[1:])
+    out["imgtrain_train_images_per_s"] = train_images / statistics.median(seconds_b[1:])
     log(f"  dogs-vs-cats CNN 128x128: seed {out['seed_train_images_per_s']:,.0f} img/s, imgtrain "
         f"{out['imgtrain_train_images_per_s']:,.0f} img/s")
     return out
@@ -337,10 +303,10 @@ def run_bench(quick: bool = False, presets: list[str] | None = None, repeats: in
     import keras
     import tensorflow as tf
 
-    flags = cpu_flags()
+    cpu, flags = cpu_info()
     n = 2048 if quick else 4096
     result = {"date": time.strftime("%Y-%m-%d"), "quick": quick,
-              "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "bf16": bool({"avx512_bf16", "amx_bf16"} & flags),
+              "machine": {"cpu": cpu, "cores": os.cpu_count(), "bf16": bool({"avx512_bf16", "amx_bf16"} & flags),
                           "python": platform.python_version(), "keras": keras.__version__,
                           "tensorflow": tf.__version__}}
     result["matmul_gflops"] = {"float32": matmul_flops(n, "float32") / 1e9,

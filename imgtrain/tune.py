@@ -194,21 +194,19 @@ def _earlier_epochs(run_dir: Path, monitor: str) -> list[tuple[int, float]]:
 
 
 def _status(run_dir: Path) -> str | None:
-    import json
+    from .report import read_run
 
-    info = run_dir / "run.json"
-    return json.loads(info.read_text()).get("status") if info.is_file() else None
+    return read_run(run_dir).info.get("status") if (run_dir / "run.json").is_file() else None
 
 
 def _run_trial(trial: optuna.Trial, cfg: TrainConfig, prune: PruneTrial, study: optuna.Study) -> dict:
     """The trial's run: trained (or resumed), or read back when it finished before a kill left its trial open."""
-    import json
-
+    from .report import read_run
     from .train import train
 
     run_dir = Path(cfg.out)
     if _status(run_dir) == "done":
-        return json.loads((run_dir / "metrics.json").read_text())
+        return read_run(run_dir).metrics
     keras.backend.clear_session()  # drop the earlier trials' models from Keras' global state
     try:
         return train(cfg, callbacks=[prune]).metrics
@@ -283,7 +281,7 @@ def write_outputs(study: optuna.Study, cfg: TrainConfig, study_dir: Path) -> Tun
     """best.yaml (the best complete trial's config, to train with `imgtrain train --config`), the plots and
     tune.html. Rewritten after every trial, so a long search can be followed and a killed one keeps them."""
     from . import plots
-    from .report import png_bytes
+    from .report import png_bytes, read_run
 
     rows = trial_rows(study)
     complete = [r for r in rows if r["state"] == "complete"]
@@ -292,7 +290,7 @@ def write_outputs(study: optuna.Study, cfg: TrainConfig, study_dir: Path) -> Tun
     if complete:
         b = study.best_trial
         best = next(r for r in rows if r["number"] == b.number)
-        trial_cfg = yaml.safe_load((Path(best["run_dir"]) / "config.yaml").read_text())
+        trial_cfg = read_run(best["run_dir"]).config
         best_cfg = make_config(**{**trial_cfg, "out": None, "verbose": cfg.verbose})
         head = (f"# best of {len(complete)} complete trials of the search in {study_dir}: trial {best['number']}, "
                 f"best {cfg.monitor} {best['value']:.4f}, run {best['run_dir']}\n"
