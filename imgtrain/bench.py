@@ -103,9 +103,11 @@ def training_pair(name: str, dataset: str, epochs: int, limit: int | None, log) 
     import keras
 
     from .backend import precision
+    from .batchnorm import fused_batchnorm
     from .callbacks import EpochStats
     from .config import make_config
     from .data import load_dataset
+    from .evaluate import predict_arrays
     from .models import build_model
     from .schedules import make_optimizer
     from .train import compile_model, fit_inputs
@@ -132,13 +134,14 @@ def training_pair(name: str, dataset: str, epochs: int, limit: int | None, log) 
     for epoch in range(epochs):
         seconds_a += seed_model.fit(xa, seed_y, batch_size=seed_batch, epochs=epoch + 1, initial_epoch=epoch,
                                     verbose=0, callbacks=[EpochStats()]).history["epoch_seconds"]
-        seconds_b += model.fit(batches, epochs=epoch + 1, initial_epoch=epoch, shuffle=False, verbose=0,
-                               callbacks=[EpochStats()]).history["epoch_seconds"]
+        with fused_batchnorm("tensorflow"):  # imgtrain's train step (traced at its first fit) uses the fused kernel
+            seconds_b += model.fit(batches, epochs=epoch + 1, initial_epoch=epoch, shuffle=False, verbose=0,
+                                   callbacks=[EpochStats()]).history["epoch_seconds"]
         log(f"  {name} epoch {epoch + 1}/{epochs}: seed {len(x) / seconds_a[-1]:,.0f} img/s, "
             f"imgtrain {len(x) / seconds_b[-1]:,.0f} img/s")
     rate = lambda seconds: len(x) / statistics.median(seconds[1:] or seconds)  # noqa: E731
     acc_a = float((seed_model.predict(xta, verbose=0).argmax(1) == yt).mean())
-    acc_b = float((model.predict(xt, batch_size=1024, verbose=0).argmax(1) == yt).mean())
+    acc_b = float((predict_arrays(model, xt).argmax(1) == yt).mean())
     out = {"dataset": dataset, "train_images": int(len(x)), "test_images": int(len(xt)), "epochs": epochs,
            "seed": {"batch_size": seed_batch, "images_per_s": rate(seconds_a), "test_accuracy": acc_a,
                     "epoch_s": seconds_a},
@@ -151,14 +154,16 @@ def training_pair(name: str, dataset: str, epochs: int, limit: int | None, log) 
 
 
 def inference_pair(seed_model, seed_x, model, x, repeats: int = 3) -> dict:
-    """Images/s of `model.predict` as the notes call it (batch 32) against imgtrain's (batch 1024, bfloat16)."""
+    """Images/s of `model.predict` as the notes call it (batch 32) against imgtrain's `predict_arrays` (batch
+    1024, bfloat16), best of `repeats` after a warm-up call."""
+    from .evaluate import predict_arrays
 
     def best_rate(fn):
         fn()
         return len(x) / min(_timed(fn) for _ in range(repeats))
 
     return {"seed_images_per_s": best_rate(lambda: seed_model.predict(seed_x, verbose=0)),
-            "imgtrain_images_per_s": best_rate(lambda: model.predict(x, batch_size=1024, verbose=0))}
+            "imgtrain_images_per_s": best_rate(lambda: predict_arrays(model, x, 1024))}
 
 
 def _timed(fn) -> float:
@@ -197,9 +202,11 @@ def folder_pipeline(n: int, train_images: int, log) -> dict:
     import tensorflow as tf
 
     from .backend import precision
+    from .batchnorm import fused_batchnorm
     from .callbacks import EpochStats
     from .data import load_dataset
     from .data.batches import ArrayBatches
+    from .data.cache import wait_for_writes
     from .models import AUGMENTS
 
     out = {"images": n, "source_size": [320, 240], "size": [128, 128]}
@@ -222,8 +229,9 @@ def folder_pipeline(n: int, train_images: int, log) -> dict:
                                        test_split=0.0, stream=False))
 
         try:
-            out["imgtrain_first_epoch_images_per_s"] = n / _timed(load)  # decodes every file, writes the cache
-            out["imgtrain_cached_load_images_per_s"] = n / _timed(load)  # reads the cache
+            out["imgtrain_first_epoch_images_per_s"] = n / _timed(load)  # decodes every file (the cache is
+            wait_for_writes()                                             # written in the background meanwhile)
+            out["imgtrain_cached_load_images_per_s"] = n / _timed(load)  # what the next run reads
         finally:
             os.environ.pop("IMGTRAIN_DATA") if old is None else os.environ.__setitem__("IMGTRAIN_DATA", old)
         ds = loaded[-1]
@@ -254,8 +262,10 @@ def folder_pipeline(n: int, train_images: int, log) -> dict:
     for epoch in range(3):
         seconds_a += seed_model.fit(xa, ya, batch_size=15, epochs=epoch + 1, initial_epoch=epoch, verbose=0,
                                     callbacks=[EpochStats()]).history["epoch_seconds"]
-        seconds_b += model.fit(ArrayBatches(x, y, 64, seed=0, epoch=epoch), epochs=epoch + 1, initial_epoch=epoch,
-                               shuffle=False, verbose=0, callbacks=[EpochStats()]).history["epoch_seconds"]
+        with fused_batchnorm("tensorflow"):
+            seconds_b += model.fit(ArrayBatches(x, y, 64, seed=0, epoch=epoch), epochs=epoch + 1,
+                                   initial_epoch=epoch, shuffle=False, verbose=0,
+                                   callbacks=[EpochStats()]).history["epoch_seconds"]
     out["train_mflop_per_image"] = 3 * forward_flops(seed_model) / 1e6
     out["seed_train_images_per_s"] = train_images / statistics.median(seconds_a[1:])
     out["imgtrain_train_images_per_s"] = train_images / statistics.median(seconds_b[1:])

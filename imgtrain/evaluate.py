@@ -5,12 +5,23 @@ import numpy as np
 from .data.dataset import Split
 
 
+def predict_arrays(model, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    """The model's outputs for an in-memory array, one `predict_on_batch` per chunk. Keras' `predict` feeds the
+    same chunks through a tf.data pipeline whose thread competes with the model's: on the 2-core EPYC, seed 000's
+    CNN in bfloat16, batch 1024, 10,000 images, `predict` swung between 15,000 and 27,000 img/s from one call to
+    the next, while this stayed at 27,600-30,800."""
+    if len(x) == 0:
+        return np.zeros((0, *model.output_shape[1:]), np.float32)
+    return np.concatenate([np.asarray(model.predict_on_batch(x[i:i + batch_size]))
+                           for i in range(0, len(x), batch_size)])
+
+
 def predict_probs(model, split: Split, batch_size: int = 512,
                   skipped: dict | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(probabilities (n, classes), labels (n,), positions in the split (n,)). Streamed splits drop files that
     fail to decode, so `positions` says which image each row belongs to."""
     if split.in_memory:
-        return model.predict(split.x, batch_size=batch_size, verbose=0), split.y, np.arange(len(split))
+        return predict_arrays(model, split.x, batch_size), split.y, np.arange(len(split))
     from .data.stream import ImageBatches
 
     skipped = skipped if skipped is not None else {}

@@ -53,7 +53,9 @@ def lr_find(config=None, start: float = 1e-6, end: float = 1.0, steps: int = 200
 
         raise ConfigError(f"lr-find needs 0 < start < end (got start {start:g}, end {end:g})")
     use_backend(cfg.backend)
-    with precision(cfg.precision):
+    from .batchnorm import fused_batchnorm
+
+    with precision(cfg.precision), fused_batchnorm(cfg.backend):
         return _lr_find(cfg, start, end, steps, out)
 
 

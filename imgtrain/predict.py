@@ -44,7 +44,9 @@ def predict_files(model, paths: list[str], class_names: list[str], top_k: int = 
             where.append(len(rows))
         rows.append({"file": p, "top": [], "error": reason})
     if images:
-        probs = model.predict(np.stack(images), batch_size=batch_size, verbose=0)
+        from .evaluate import predict_arrays
+
+        probs = predict_arrays(model, np.stack(images), batch_size)
         for r, pr in zip(where, probs):
             best = np.argsort(-pr)[:top_k]
             rows[r]["top"] = [{"class": class_names[i], "index": int(i), "probability": float(pr[i])} for i in best]

@@ -191,10 +191,11 @@ def train(config: TrainConfig | dict | str | Path | None = None, *, callbacks: l
     the run directory and returns the metrics, the others return their history and empty metrics."""
     cfg = as_config(config, overrides)
     use_backend(cfg.backend)
+    from .batchnorm import fused_batchnorm
     from .distributed import join
 
     t_start = time.perf_counter()
-    with precision(cfg.precision), join(cfg) as cluster:  # one process unless cfg.distribute
+    with precision(cfg.precision), fused_batchnorm(cfg.backend), join(cfg) as cluster:  # one process unless distribute
         return _train(cluster, t_start, list(callbacks))
 
 

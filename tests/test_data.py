@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from imgtrain.data import DATASETS, dataset_names, load_dataset
-from imgtrain.data.cache import data_dir
+from imgtrain.data.cache import data_dir, wait_for_writes
 from imgtrain.errors import DataError, UnknownName
 
 
@@ -18,6 +18,7 @@ def test_mnist_is_the_official_split():
     assert ds.test.y[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
     assert ds.train.x.mean() == pytest.approx(33.318, abs=1e-3)
     assert ds.data_hash == "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
+    wait_for_writes()  # a first conversion writes its cache file in the background
     assert list(data_dir().glob("mnist-f11bb9e41d6c1b6c.npz")), "converted arrays are cached by content hash"
 
 
@@ -174,3 +175,15 @@ def test_streamed_batches_equal_decoded_arrays(fashion_files):
     x, y = batches[1]
     assert np.array_equal(x, mem.test.x[256:512]) and np.array_equal(y, mem.test.y[256:512])
     assert len(batches) == 4
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+def test_cache_that_cannot_be_written_costs_only_the_cache(tmp_path, monkeypatch):
+    from imgtrain.data.cache import load_cached
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("IMGTRAIN_DATA", str(blocker / "cache"))  # a directory under a file: mkdir fails
+    arrays = load_cached("t", "0" * 64, lambda: {"x": np.arange(3)})
+    wait_for_writes()  # the failed background write leaves nothing behind and raises nothing
+    assert arrays["x"].tolist() == [0, 1, 2] and blocker.read_text() == "" and list(tmp_path.iterdir()) == [blocker]

@@ -5,14 +5,15 @@ from . import register_model, stem
 
 
 def conv_stack(input_shape, num_classes, augment="none", *, widths=(32, 64), padding="same", bn=False,
-               conv_dropout=0.0, dense=256, dense_bn=False, dropout=0.0, l2=0.0, name="cnn") -> keras.Model:
+               conv_dropout=0.0, dense=256, dense_bn=False, dropout=0.0, l2=0.0, bn_momentum=0.99,
+               name="cnn") -> keras.Model:
     inputs, x = stem(input_shape, augment)
     reg = keras.regularizers.L2(l2) if l2 else None
     for i, w in enumerate(widths):
         x = keras.layers.Conv2D(w, 3, padding=padding, activation="relu", kernel_regularizer=reg,
                                 name=f"conv{i + 1}")(x)
         if bn:
-            x = keras.layers.BatchNormalization(name=f"bn{i + 1}")(x)
+            x = keras.layers.BatchNormalization(momentum=bn_momentum, name=f"bn{i + 1}")(x)
         x = keras.layers.MaxPooling2D(2, padding=padding, name=f"pool{i + 1}")(x)  # as the seeds pair them
         if conv_dropout:
             x = keras.layers.Dropout(conv_dropout)(x)
@@ -31,9 +32,11 @@ def conv_stack(input_shape, num_classes, augment="none", *, widths=(32, 64), pad
 @register_model
 def cnn_small(input_shape, num_classes, augment="none", dense: int = 256, dropout: float = 0.0,
               l2: float = 0.0, bn: bool = False) -> keras.Model:
-    """Seed 000: conv32-pool-conv64-pool-dense256 ('same' padding); `bn` adds BatchNorm after each conv."""
+    """Seed 000: conv32-pool-conv64-pool-dense256 ('same' padding); `bn` adds BatchNorm after each conv (moving
+    statistics with momentum 0.9, not Keras' 0.99: after one 235-step epoch 0.99 still leaves 9% of the initial
+    mean 0 / variance 1 in them, and test accuracy fell to 0.41 where training accuracy was 0.97)."""
     return conv_stack(input_shape, num_classes, augment, widths=(32, 64), dense=dense, dropout=dropout, l2=l2,
-                      bn=bn, name="cnn_small")
+                      bn=bn, bn_momentum=0.9, name="cnn_small")
 
 
 @register_model
