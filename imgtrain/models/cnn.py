@@ -32,9 +32,10 @@ def conv_stack(input_shape, num_classes, augment="none", *, widths=(32, 64), pad
 @register_model
 def cnn_small(input_shape, num_classes, augment="none", dense: int = 256, dropout: float = 0.0,
               l2: float = 0.0, bn: bool = False) -> keras.Model:
-    """Seed 000: conv32-pool-conv64-pool-dense256 ('same' padding); `bn` adds BatchNorm after each conv (moving
-    statistics with momentum 0.9, not Keras' 0.99: after one 235-step epoch 0.99 still leaves 9% of the initial
-    mean 0 / variance 1 in them, and test accuracy fell to 0.41 where training accuracy was 0.97)."""
+    """Seed 000: conv32-pool-conv64-pool-dense256 ('same' padding); `bn` adds BatchNorm after each conv.
+
+    BatchNorm's moving statistics use momentum 0.9, not Keras' 0.99: after one 235-step epoch 0.99 still leaves 9%
+    of the initial mean 0 / variance 1 in them, and test accuracy fell to 0.41 where training accuracy was 0.97."""
     return conv_stack(input_shape, num_classes, augment, widths=(32, 64), dense=dense, dropout=dropout, l2=l2,
                       bn=bn, bn_momentum=0.9, name="cnn_small")
 

@@ -26,8 +26,9 @@ def conv_bn(x, width: int, name: str, pool: bool = False, l2: float = 0.0):
 @register_model
 def resnet9(input_shape, num_classes, augment="none", widths=(16, 48, 96), stem: int = 16,
             residual=(True, False, True), dropout: float = 0.0, l2: float = 0.0) -> keras.Model:
-    """Page's ResNet-9 layout at CPU widths: `stem` then three stages of `widths`, residual pairs where
-    `residual` says; global max-pool, dropout, softmax."""
+    """Page's ResNet-9 layout at CPU widths: a stem conv, three conv-pool stages, residual pairs, global max-pool.
+
+    `stem` (0: none) then the stages' `widths`, a residual pair where `residual` says; dropout, softmax."""
     if len(widths) != len(residual):
         raise ValueError(f"widths {tuple(widths)} and residual {tuple(residual)} need the same length")
     inputs, x = input_stem(input_shape, augment)
