@@ -63,8 +63,9 @@ def decode(source: str | Path | bytes, size: tuple[int, int], channels: int,
             im = _to_8bit(im)
         elif im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (im.mode == "P" and "transparency" in im.info):
             im = _flatten_alpha(im)
-        if im.mode != ("L" if channels == 1 else "RGB"):
-            im = im.convert("L" if channels == 1 else "RGB")  # a copy even when the mode is already right
+        mode = "L" if channels == 1 else "RGB"
+        if im.mode != mode:
+            im = im.convert(mode)  # a copy even when the mode is already right
         if im.size != (w, h):
             im = im.resize((w, h), Image.BILINEAR)
         arr = np.asarray(im, dtype=np.uint8)
