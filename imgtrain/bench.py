@@ -8,6 +8,8 @@ swings between ~3,000 and ~5,000 img/s on one job) hurts both alike; throughput 
 the first (warm-up). Side A is the seed code as the notes write it: float pixels divided by 255 in NumPy, a
 Sequential model, `fit(x, y, batch_size=...)` with Keras' defaults. Side B is imgtrain: uint8 batches in a
 (seed, epoch) order, the rescale inside the model, bfloat16 compute, a larger batch with a one-cycle schedule.
+The "step alone" figure feeds imgtrain's model one fixed in-memory batch, over and over: the ceiling of any
+training loop for that model here, which tells how much of a gap is the input pipeline and how much the kernels.
 """
 from __future__ import annotations
 
@@ -149,8 +151,23 @@ def training_pair(name: str, dataset: str, epochs: int, limit: int | None, log) 
                         "epoch_s": seconds_b},
            "mflop_per_train_image": 3 * forward_flops(seed_model) / 1e6}  # backward ~2x forward
     out["speedup"] = out["imgtrain"]["images_per_s"] / out["seed"]["images_per_s"]
+    with fused_batchnorm("tensorflow"):
+        out["imgtrain"]["step_only_images_per_s"] = step_rate(model, *batches[0])
+    out["step_only_speedup"] = out["imgtrain"]["step_only_images_per_s"] / out["seed"]["images_per_s"]
     out["inference"] = inference_pair(seed_model, xta, model, xt)
     return out
+
+
+def step_rate(model, x, y, steps: int = 40) -> float:
+    """Images/s of the model's compiled train step alone: one batch, converted to tensors once, fed `steps` times
+    after a warm-up step. No input pipeline, callbacks or epoch bookkeeping: the most any training loop could
+    reach with this model, batch size and precision here. It trains the model further (call it last)."""
+    import keras
+
+    x, y = keras.ops.convert_to_tensor(x), keras.ops.convert_to_tensor(y)
+    model.train_on_batch(x, y)
+    seconds = _timed(lambda: [model.train_on_batch(x, y) for _ in range(steps)])
+    return steps * len(x) / seconds
 
 
 def inference_pair(seed_model, seed_x, model, x, repeats: int = 3) -> dict:
@@ -350,13 +367,14 @@ def markdown(result: dict) -> str:
              + (" — quick mode, small sizes" if result["quick"] else "") + ".",
              f"Matmul ceiling: {result['matmul_gflops']['float32']:.0f} GFLOP/s float32, "
              f"{result['matmul_gflops']['bfloat16']:.0f} GFLOP/s bfloat16.", "",
-             "| job | seed code img/s | imgtrain img/s | speed-up | seed test acc | imgtrain test acc | "
-             "share of peak (seed / imgtrain) | inference img/s (seed / imgtrain) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| job | seed code img/s | imgtrain img/s | speed-up | imgtrain step alone img/s (× seed) | "
+             "seed test acc | imgtrain test acc | share of peak (seed / imgtrain) | inference img/s (seed / imgtrain) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, p in result["training"].items():
         a, b, inf = p["seed"], p["imgtrain"], p["inference"]
+        alone = f"{b['step_only_images_per_s']:,.0f} ({p['step_only_speedup']:.2f}×)"
         lines.append(f"| {name} ({p['dataset']}, {p['epochs']} epochs) | {a['images_per_s']:,.0f} | "
-                     f"{b['images_per_s']:,.0f} | **{p['speedup']:.2f}×** | {a['test_accuracy']:.4f} | "
+                     f"{b['images_per_s']:,.0f} | **{p['speedup']:.2f}×** | {alone} | {a['test_accuracy']:.4f} | "
                      f"{b['test_accuracy']:.4f} | {a['peak_fraction']:.0%} / {b['peak_fraction']:.0%} | "
                      f"{inf['seed_images_per_s']:,.0f} / {inf['imgtrain_images_per_s']:,.0f} |")
     f = result["folder"]

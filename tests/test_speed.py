@@ -140,6 +140,7 @@ def test_bench_quick_runs_and_writes_its_tables(tmp_path):
         pair = result["training"][job]
         assert pair["seed"]["images_per_s"] > 0 and pair["imgtrain"]["images_per_s"] > 0
         assert pair["inference"]["imgtrain_images_per_s"] > 0
+        assert pair["imgtrain"]["step_only_images_per_s"] > 0
     # seed 000 learns in 2 quick epochs; seed 004's BatchNorm moving averages need more steps than quick mode has
     pair = result["training"]["seed000"]
     assert pair["seed"]["test_accuracy"] > 0.8 and pair["imgtrain"]["test_accuracy"] > 0.8
@@ -147,4 +148,5 @@ def test_bench_quick_runs_and_writes_its_tables(tmp_path):
     assert result["folder"]["imgtrain_cached_load_images_per_s"] > 0
     table = (tmp_path / "b" / "results.md").read_text()
     assert "| seed000 (mnist, 2 epochs) |" in table and "ImageDataGenerator" in table
+    assert "step alone" in table
     assert table.strip() in proc.stdout
