@@ -282,12 +282,18 @@ def evaluate(
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the full result here (default for a run "
                                                                  "directory: RUN_DIR/evaluation-<split>.json)"),
     fmt: str = typer.Option("table", "--format", help="table or json on standard output"),
+    tta: str = typer.Option("none", "--tta", help="test-time augmentation: none, or flip (average with the "
+                                                  "mirror image)"),
 ):
     """Loss, accuracy, per-class precision/recall/F1 and confusion matrix of a model on a dataset split."""
+    from .evaluate import TTA
+
     if split not in ("test", "val", "train"):
         raise ImgtrainError(f"unknown split {split!r}; valid: test, val, train")
     if fmt not in ("table", "json"):
         raise ImgtrainError(f"unknown format {fmt!r}; valid: table, json")
+    if tta not in TTA:
+        raise ImgtrainError(f"unknown tta {tta!r}; valid: {', '.join(TTA)}")
     run_cfg = _run_config(target)
     from .backend import use_backend
 
@@ -308,10 +314,10 @@ def evaluate(
     part = getattr(ds, split)
     if part is None or not len(part):
         raise ImgtrainError(f"dataset {name!r} has no {split} split")
-    result = evaluate_model(model, part, meta.get("class_names") or ds.class_names, batch_size)
+    result = evaluate_model(model, part, meta.get("class_names") or ds.class_names, batch_size, tta)
     result.update(dataset=name, split=split, model=str(target))
     if json_out is None and target.is_dir():
-        json_out = target / f"evaluation-{split}.json"
+        json_out = target / f"evaluation-{split}{'' if tta == 'none' else '-tta-' + tta}.json"
     if json_out is not None:
         from .saving import atomic_write_json
 

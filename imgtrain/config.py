@@ -74,6 +74,9 @@ class TrainConfig(BaseModel):
     tensorboard: bool = Field(True, description="write TensorBoard logs under RUN_DIR/tensorboard")
     save_h5: bool = Field(False, description="also write the legacy best.h5")
     report: bool = Field(True, description="write the plots and report.html at the end of the run")
+    tta: Literal["none", "flip"] = Field(
+        "none", description="test-time augmentation when the run scores its test set: flip averages each image's "
+                            "outputs with its mirror image's (for data trained with flips, not digits)")
 
     # run
     seed: int = Field(0, ge=0, description="seeds Python, NumPy and the backend")

@@ -94,7 +94,7 @@ def _predictions(run: RunRecord, ds):
     from .saving import load_model
 
     model, _ = load_model(run.path)
-    return predict_probs(model, ds.test)
+    return predict_probs(model, ds.test, tta=run.config.get("tta", "none"))
 
 
 def make_figures(run_dir: str | Path, ds=None) -> dict:

@@ -385,13 +385,14 @@ def _score(cfg: TrainConfig, ds, model, run_dir: Path, log: logging.Logger, meta
         save_model(best, run_dir / "best.h5", meta)
     metrics = {}
     if ds.test is not None and len(ds.test):
-        probs, y_test, positions = predict_probs(best, ds.test, batch_size=max(cfg.batch_size, 256), skipped=skipped)
+        probs, y_test, positions = predict_probs(best, ds.test, batch_size=max(cfg.batch_size, 256), skipped=skipped,
+                                                 tta=cfg.tta)
         buf = io.BytesIO()
         np.savez(buf, probs=probs, y=y_test, positions=positions)
         atomic_write(run_dir / PREDICTIONS, buf.getvalue())
         result = metrics_from_probs(probs, y_test, ds.class_names)
         metrics = {"test_accuracy": result["accuracy"], "test_loss": result["loss"], "test_macro_f1": result["macro_f1"],
-                   "test_images": result["n"], "test": result}
+                   "test_images": result["n"], "test_tta": cfg.tta, "test": result}
     hist = {k: [r[k] for r in rows] for k in (rows[0] if rows else {}) if k != "epoch"}
     if cfg.monitor in hist:
         sign = 1 if "acc" in cfg.monitor else -1

@@ -28,6 +28,12 @@ def test_evaluate_prints_a_table_and_writes_json(mnist_run):
     assert set(result["per_class"]["7"]) == {"precision", "recall", "f1", "support"}
     proc = run_cli("evaluate", out, "--split", "val", "--format", "json")
     assert json.loads(proc.stdout)["n"] == 6000, "the run's own validation split, re-made from its seed"
+    proc = run_cli("evaluate", out, "--tta", "flip")
+    flipped = json.loads((out / "evaluation-test-tta-flip.json").read_text())
+    assert "tta flip" in proc.stdout and flipped["tta"] == "flip" and flipped["n"] == 10000
+    assert flipped["accuracy"] != result["accuracy"]  # mirrored digits move some predictions
+    bad = run_cli("evaluate", out, "--tta", "rotate", check=False)
+    assert bad.returncode == 2 and "unknown tta 'rotate'; valid: none, flip" in bad.stderr
 
 
 def test_a_model_file_alone_carries_its_classes_and_dataset(mnist_run, tmp_path):

@@ -46,3 +46,16 @@ def test_augmentation_is_inside_the_model_and_off_at_inference():
     x = np.random.default_rng(0).integers(0, 256, (4, 28, 28, 1)).astype("float32")
     assert np.allclose(model.predict(x, verbose=0), model.predict(x, verbose=0))
     assert any("random_translation" in layer.name for layer in model.layers)
+
+
+def test_flip_tta_averages_each_image_with_its_mirror():
+    from imgtrain.evaluate import predict_arrays, with_tta
+
+    model = build_model("cnn_small", (12, 10, 3), 4, dense=8)
+    x = np.random.default_rng(0).integers(0, 256, (5, 12, 10, 3)).astype("uint8")
+    plain, mirrored = predict_arrays(model, x), predict_arrays(model, x[:, :, ::-1])
+    assert np.abs(plain - mirrored).max() > 1e-3  # the model itself is not mirror-symmetric
+    np.testing.assert_allclose(predict_arrays(with_tta(model, "flip"), x), (plain + mirrored) / 2, atol=1e-5)
+    assert with_tta(model, "none") is model
+    with pytest.raises(ConfigError, match="unknown tta 'rotate'; known: none, flip"):
+        with_tta(model, "rotate")

@@ -87,12 +87,20 @@ def test_file_datasets_train_and_evaluate(kind, fashion_files, tmp_path):
     assert "Ankle boot" in proc.stdout and "precision" in proc.stdout
 
 
-def test_streamed_folder_trains(fashion_files, tmp_path):
-    run = train(dataset=f"folder:{fashion_files['folder']}", model="mlp", epochs=1, stream=True,
-                out=str(tmp_path / "run"), tensorboard=False, verbose="quiet")
+def test_streamed_folder_trains_and_scores_with_flip_tta(fashion_files, tmp_path):
+    from imgtrain.evaluate import predict_probs
+
+    spec = f"folder:{fashion_files['folder']}"
+    run = train(dataset=spec, model="mlp", epochs=1, stream=True, tta="flip", out=str(tmp_path / "run"),
+                tensorboard=False, verbose="quiet")
     info = json.loads((run.run_dir / "run.json").read_text())
     assert info["data"]["streamed"] is True
     assert run.metrics["test_images"] == 1000 and run.metrics["test_accuracy"] > 0.5
+    assert run.metrics["test_tta"] == "flip"
+    saved = np.load(run.run_dir / "predictions-test.npz")["probs"]
+    test = load_dataset(spec, stream=True).test
+    np.testing.assert_allclose(predict_probs(run.model, test, tta="flip")[0], saved, atol=1e-5)
+    assert np.abs(predict_probs(run.model, test)[0] - saved).max() > 1e-3  # the saved scores are the TTA ones
 
 
 def test_onecycle_warms_up_then_anneals(tmp_path):
