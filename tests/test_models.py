@@ -59,3 +59,10 @@ def test_flip_tta_averages_each_image_with_its_mirror():
     assert with_tta(model, "none") is model
     with pytest.raises(ConfigError, match="unknown tta 'rotate'; known: none, flip"):
         with_tta(model, "rotate")
+
+
+def test_resnet9_without_a_stem_convolves_the_pixels_directly():
+    plain, stemless = build_model("resnet9"), build_model("resnet9", stem=0)
+    assert plain.get_layer("stage1_conv").kernel.shape == (3, 3, 16, 16)
+    assert stemless.get_layer("stage1_conv").kernel.shape == (3, 3, 1, 16)
+    assert "stem_conv" not in [layer.name for layer in stemless.layers]
