@@ -286,14 +286,13 @@ def evaluate(
                                                   "mirror image)"),
 ):
     """Loss, accuracy, per-class precision/recall/F1 and confusion matrix of a model on a dataset split."""
-    from .evaluate import TTA
+    from .evaluate import check_tta
 
     if split not in ("test", "val", "train"):
         raise ImgtrainError(f"unknown split {split!r}; valid: test, val, train")
     if fmt not in ("table", "json"):
         raise ImgtrainError(f"unknown format {fmt!r}; valid: table, json")
-    if tta not in TTA:
-        raise ImgtrainError(f"unknown tta {tta!r}; valid: {', '.join(TTA)}")
+    check_tta(tta)
     run_cfg = _run_config(target)
     from .backend import use_backend
 

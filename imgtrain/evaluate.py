@@ -11,12 +11,16 @@ from .errors import ConfigError
 TTA = ("none", "flip")
 
 
+def check_tta(tta: str) -> str:
+    if tta not in TTA:
+        raise ConfigError(f"unknown tta {tta!r}; valid: {', '.join(TTA)}")
+    return tta
+
+
 def with_tta(model, tta: str = "none"):
     """`model`, or a model that averages its outputs over the `tta` views of each input (in memory only: the
     wrapper is not meant to be saved; save and export the model itself)."""
-    if tta not in TTA:
-        raise ConfigError(f"unknown tta {tta!r}; known: {', '.join(TTA)}")
-    if tta == "none":
+    if check_tta(tta) == "none":
         return model
     import keras
 

@@ -57,7 +57,7 @@ def test_flip_tta_averages_each_image_with_its_mirror():
     assert np.abs(plain - mirrored).max() > 1e-3  # the model itself is not mirror-symmetric
     np.testing.assert_allclose(predict_arrays(with_tta(model, "flip"), x), (plain + mirrored) / 2, atol=1e-5)
     assert with_tta(model, "none") is model
-    with pytest.raises(ConfigError, match="unknown tta 'rotate'; known: none, flip"):
+    with pytest.raises(ConfigError, match="unknown tta 'rotate'; valid: none, flip"):
         with_tta(model, "rotate")
 
 
