@@ -14,6 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from .errors import ConfigError
 
+# test-time augmentation choices (evaluate.with_tta): "flip" averages each image's outputs with its mirror image's
+TTA = ("none", "flip")
+
 Monitor = Literal["val_accuracy", "val_loss", "accuracy", "loss"]
 
 
@@ -74,7 +77,7 @@ class TrainConfig(BaseModel):
     tensorboard: bool = Field(True, description="write TensorBoard logs under RUN_DIR/tensorboard")
     save_h5: bool = Field(False, description="also write the legacy best.h5")
     report: bool = Field(True, description="write the plots and report.html at the end of the run")
-    tta: Literal["none", "flip"] = Field(
+    tta: Literal[TTA] = Field(
         "none", description="test-time augmentation when the run scores its test set: flip averages each image's "
                             "outputs with its mirror image's (for data trained with flips, not digits)")
 

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from .config import TTA
 from .data.dataset import Split
 from .errors import ConfigError
 
 # test-time augmentation: "flip" averages the outputs for each image and its left-right mirror image (fastai's
 # `tta` does the like). Fashion-MNIST, resnet9 (32/64/128) trained with flips: 0.9429 -> 0.9463 test accuracy.
-TTA = ("none", "flip")
 
 
 def check_tta(tta: str) -> str:
