@@ -24,5 +24,17 @@ def build_model(name: str, input_shape=(28, 28, 1), num_classes: int = 10, **opt
     return _build(name, input_shape, num_classes, **options)
 
 
+def __getattr__(name: str):
+    """`imgtrain.plots`, `imgtrain.report`, ...: every module of the package is reachable after `import imgtrain`,
+    imported on first use (so that `import imgtrain` stays light and imports no Keras)."""
+    import importlib
+    from pathlib import Path
+
+    here = Path(__file__).parent
+    if (here / f"{name}.py").is_file() or (here / name / "__init__.py").is_file():
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module 'imgtrain' has no attribute {name!r}")
+
+
 __all__ = ["TrainConfig", "build_model", "evaluate", "load_config", "load_dataset", "load_model", "predict_files",
            "train"]

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 from .errors import ConfigError
 
-BACKENDS = ("tensorflow", "jax", "torch")
+BACKENDS = ("tensorflow", "jax")  # both installed by make and tested; torch is not offered
 
 
 def use_backend(name: str) -> None:
@@ -67,8 +67,8 @@ def versions() -> dict[str, str]:
 
     out = {"python": platform.python_version(), "keras": keras.__version__, "numpy": numpy.__version__,
            "backend": keras.backend.backend(), "platform": platform.platform()}
-    backend_module = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}[keras.backend.backend()]
-    out[backend_module] = __import__(backend_module).__version__
+    name = keras.backend.backend()
+    out[name] = __import__(name).__version__
     from . import __version__
 
     out["imgtrain"] = __version__

@@ -12,19 +12,25 @@ from pathlib import Path
 
 import keras
 
+from .config import higher_is_better
 from .saving import atomic_write, save_model
 from .schedules import current_lr
 
 
 class EpochStats(keras.callbacks.Callback):
-    """Adds `learning_rate` (at the end of the epoch) and `epoch_seconds` to the epoch logs, for history.csv."""
+    """Adds to the epoch logs, for history.csv: `learning_rate`, the rate of the epoch's first step (the rate a step
+    decay trained the whole epoch with), `learning_rate_end`, the rate of its last step (a one-cycle or cosine
+    schedule moves in between), and `epoch_seconds`."""
 
     def on_epoch_begin(self, epoch, logs=None):
         self._t0 = time.perf_counter()
+        self._lr = current_lr(self.model.optimizer)  # before the epoch's first step
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
-            logs["learning_rate"] = current_lr(self.model.optimizer)
+            last_step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)) - 1
+            logs["learning_rate"] = self._lr
+            logs["learning_rate_end"] = current_lr(self.model.optimizer, max(last_step, 0))
             logs["epoch_seconds"] = time.perf_counter() - self._t0
 
 
@@ -34,7 +40,7 @@ class TrackBest(keras.callbacks.Callback):
     def __init__(self, monitor: str):
         super().__init__()
         self.monitor = monitor
-        self.sign = 1.0 if "acc" in monitor else -1.0
+        self.sign = 1.0 if higher_is_better(monitor) else -1.0
         self.best = -math.inf
         self.best_epoch = -1
 
@@ -182,3 +188,41 @@ class HistoryFile(keras.callbacks.Callback):
             lines = [",".join(["epoch", *keys])]
             lines += [",".join([str(r["epoch"]), *(repr(r.get(k, "")) for k in keys)]) for r in self.rows]
             atomic_write(self.path, "\n".join(lines) + "\n")
+
+
+STATE_FORMAT = 1  # version of the resume state stored inside last.keras
+
+
+def run_callbacks(cfg, model, run_dir: Path, meta: dict, resume: dict | None, chief: bool, extra: list):
+    """(the callbacks of a run, in order; its GracefulStop; `rows`, every completed epoch's logs of the run's whole
+    life, as last.keras records them). Every process runs the callbacks that steer training (all see the same
+    metrics); only process 0 (`chief`) gets those that write files. `extra` runs after the steering ones and before
+    the writers, so that a checkpoint records a stop that `extra` made."""
+    rows: list[dict] = list(resume["history"]) if resume else []
+    restored = (resume or {}).get("callbacks", {})
+    stop = GracefulStop()
+    best_cb = BestCheckpoint(run_dir / "best.keras", cfg.monitor, meta, stop)
+    if "best" in restored:
+        best_cb.best, best_cb.best_epoch = restored["best"]
+    early = ResumableEarlyStopping(cfg.monitor, patience=cfg.early_stopping, verbose=1,
+                                   restore=restored.get("early_stopping")) if cfg.early_stopping else None
+    plateau = ResumablePlateau(cfg.monitor, factor=cfg.reduce_lr_factor, patience=cfg.reduce_lr_patience,
+                               min_lr=cfg.min_lr, restore=restored.get("plateau")) if cfg.reduce_lr_patience else None
+
+    def state(epoch, logs):
+        rows.append({"epoch": epoch, **{k: float(v) for k, v in logs.items()}})
+        snap = {"best": [best_cb.best, best_cb.best_epoch]}
+        if early:
+            snap["early_stopping"] = early.snapshot()
+        if plateau:
+            snap["plateau"] = plateau.snapshot()
+        return {"format": STATE_FORMAT, "epoch": epoch + 1, "history": rows, "callbacks": snap,
+                "stopped": bool(model.stop_training)}  # early stopping has ended the run
+
+    writers = [best_cb, LastCheckpoint(run_dir / "last.keras", meta, state, stop),  # after every callback it snapshots
+               HistoryFile(run_dir / "history.csv", rows)]  # rows as the checkpoint recorded them
+    if cfg.tensorboard:
+        writers.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False, profile_batch=0))
+    steer = [keras.callbacks.TerminateOnNaN(), stop, EpochSeeds(cfg.seed), EpochStats(),
+             *[c for c in (early, plateau) if c]]
+    return [*steer, *extra, *(writers if chief else [])], stop, rows

@@ -38,16 +38,13 @@ def train(
     process_id: Optional[int] = typer.Option(None, "--process-id", help="this process: 0 to N-1; 0 writes the run"),
     coordinator: Optional[str] = typer.Option(None, "--coordinator", help="HOST:PORT where process 0 listens"),
 ):
-    """Train a model; writes a run directory with config, history, checkpoints and test metrics."""
-    from .backend import use_backend
-    from .config import load_config
-
+    """Train a model; writes a run directory with config, history, checkpoints and test metrics. The common options
+    are flags; every config key (`imgtrain config`) is `--set KEY=VALUE` or a key of the --config file."""
     flags = dict(dataset=dataset, model=model, epochs=epochs, batch_size=batch_size, learning_rate=lr,
                  optimizer=optimizer, schedule=schedule, augment=augment, seed=seed, backend=backend, out=out,
                  train_limit=train_limit, report=False if no_report else None, distribute=distribute,
                  num_processes=num_processes, process_id=process_id, coordinator=coordinator)
-    cfg = load_config(config, flags, set_, base=_preset(preset))
-    use_backend(cfg.backend)
+    cfg = _config(config, flags, set_, preset)
     from .data import parse_name
     from .models import MODELS
 
@@ -67,6 +64,31 @@ def train(
                    f"({m['test_images']} test images, best epoch {m.get('best_epoch', '-')}/{m['epochs_run']})")
     if (result.run_dir / "report.html").is_file():
         typer.echo(f"report: {result.run_dir / 'report.html'}")
+
+
+def _config(config: Optional[Path], flags: dict | None, assignments: List[str], preset: Optional[str] = None):
+    """The run's TrainConfig (preset, then file, flags and --set), with its Keras backend selected."""
+    from .backend import use_backend
+    from .config import load_config
+
+    cfg = load_config(config, flags, assignments, base=_preset(preset))
+    use_backend(cfg.backend)
+    return cfg
+
+
+def _backend_of(target: Path) -> dict:
+    """The config.yaml of the run that `target` (a run directory or a model file in one) belongs to, or {}; selects
+    that run's backend (TensorFlow for a model file on its own)."""
+    from .backend import use_backend
+
+    cfg_file = target / "config.yaml" if target.is_dir() else target.parent / "config.yaml"
+    run_cfg = {}
+    if cfg_file.is_file():
+        import yaml
+
+        run_cfg = yaml.safe_load(cfg_file.read_text()) or {}
+    use_backend(run_cfg.get("backend", "tensorflow"))
+    return run_cfg
 
 
 def _preset(name: Optional[str]) -> dict:
@@ -136,14 +158,10 @@ def lr_find_cmd(
     out: Path = typer.Option(Path("runs/lr-find"), "--out", "-o", help="folder for lr_find.png and lr_find.json"),
 ):
     """Learning-rate range test: loss against a rising learning rate, with a suggested rate and its plot."""
-    from .backend import use_backend
-    from .config import load_config
-
     if steps < 20:
         raise ImgtrainError(f"--steps must be at least 20 (got {steps}): the smoothed loss needs them")
     flags = dict(dataset=dataset, model=model, batch_size=batch_size, optimizer=optimizer)
-    cfg = load_config(config, flags, set_, base=_preset(preset))
-    use_backend(cfg.backend)
+    cfg = _config(config, flags, set_, preset)
     from .lr_find import lr_find
 
     result = lr_find(cfg, start=start, end=end, steps=steps, out=out)
@@ -169,11 +187,7 @@ def tune(
 ):
     """Search hyper-parameters with Optuna: each trial a run directory, the study in SQLite (a killed search
     resumes), bad trials pruned per epoch; writes best.yaml and tune.html."""
-    from .backend import use_backend
-    from .config import load_config
-
-    cfg = load_config(config, None, set_)
-    use_backend(cfg.backend)
+    cfg = _config(config, None, set_)
     from .tune import tune as run_search
 
     def line(row):
@@ -206,11 +220,7 @@ def replay(
     if run.info.get("status") != "done" or "weights_sha256" not in run.metrics:
         raise ImgtrainError(f"{run_dir}: not a finished run with a weights hash to compare (status "
                             f"{run.info.get('status')!r})")
-    from .backend import use_backend
-    from .config import make_config
-
-    cfg = make_config(**{**run.config, "out": str(out or f"{str(run_dir).rstrip('/')}-replay")})
-    use_backend(cfg.backend)
+    cfg = _config(None, {**run.config, "out": str(out or f"{str(run_dir).rstrip('/')}-replay")}, [])
     from .train import train as run_training
 
     again = run_training(cfg).metrics
@@ -229,10 +239,8 @@ def report(run_dir: Path = typer.Argument(..., help="a run directory")):
     """(Re)write the plots and report.html of a run."""
     from .report import read_run, write_report
 
-    run = read_run(run_dir)
-    from .backend import use_backend
-
-    use_backend(run.config.get("backend", "tensorflow"))
+    read_run(run_dir)  # not a run directory: one line before Keras loads
+    _backend_of(run_dir)
     typer.echo(f"report: {write_report(run_dir)}")
 
 
@@ -241,11 +249,16 @@ app.add_typer(runs_app, name="runs")
 
 
 @runs_app.command("list")
-def runs_list(folder: Path = typer.Option(Path("runs"), "--dir", help="folder holding run directories")):
-    """A table of the runs under --dir: dataset, model, epochs, best validation and test accuracy, time."""
+def runs_list(
+    folders: List[Path] = typer.Argument(None, help="folders of run directories, or run directories (default: runs)"),
+    folder: Optional[Path] = typer.Option(None, "--dir", help="the same as one FOLDER argument"),
+):
+    """A table of the runs in each FOLDER (runs written with --out anywhere): dataset, model, epochs, best
+    validation and test accuracy, time."""
     from .runs import find_runs, format_runs
 
-    typer.echo(format_runs(find_runs(folder)))
+    places = [*(folders or []), *([folder] if folder else [])] or [Path("runs")]
+    typer.echo(format_runs([run for place in places for run in find_runs(place)]))
 
 
 @runs_app.command("compare")
@@ -262,15 +275,6 @@ def runs_compare(
 
     atomic_write(plot, png_bytes(fig))
     typer.echo(text + f"\n\ncurves: {plot}")
-
-
-def _run_config(target: Path) -> dict:
-    cfg_file = target / "config.yaml" if target.is_dir() else target.parent / "config.yaml"
-    if cfg_file.is_file():
-        import yaml
-
-        return yaml.safe_load(cfg_file.read_text()) or {}
-    return {}
 
 
 @app.command()
@@ -293,10 +297,7 @@ def evaluate(
     if fmt not in ("table", "json"):
         raise ImgtrainError(f"unknown format {fmt!r}; valid: table, json")
     check_tta(tta)
-    run_cfg = _run_config(target)
-    from .backend import use_backend
-
-    use_backend(run_cfg.get("backend", "tensorflow"))
+    run_cfg = _backend_of(target)
     from .evaluate import evaluate as evaluate_model, format_table
     from .report import run_dataset
     from .saving import load_model
@@ -342,21 +343,55 @@ def predict(
     from .saving import resolve_model_path
 
     resolve_model_path(model_path)  # a wrong model path is reported before anything else
-    from .backend import use_backend
-
-    use_backend(_run_config(model_path).get("backend", "tensorflow"))
+    _backend_of(model_path)
     from .predict import expand_paths, format_rows, predict_files
     from .saving import load_model
 
     paths = expand_paths(images)
     model, meta = load_model(model_path)
-    text = format_rows(predict_files(model, paths, meta["class_names"], top_k), fmt)
+    rows = predict_files(model, paths, meta["class_names"], top_k)
+    notes = [f"note: {r['file']}: {r['note']}" for r in rows if r.get("note")]
+    for line in notes[:10]:  # on stderr, so that standard output stays the table, CSV or JSON
+        typer.echo(line, err=True)
+    if len(notes) > 10:
+        typer.echo(f"note: {len(notes) - 10} more images converted (--format json or csv gives a note for each)", err=True)
+    text = format_rows(rows, fmt)
     if output:
         from .saving import atomic_write
 
         atomic_write(output, text + "\n")
+        typer.echo(f"written: {output} ({len(rows)} images, {sum(bool(r['error']) for r in rows)} skipped)")
     else:
         typer.echo(text)
+
+
+@app.command("sample-images")
+def sample_images(
+    dataset: str = typer.Argument(..., help="a dataset name, e.g. mnist or fashion_mnist"),
+    out: Path = typer.Argument(..., help="folder to write the PNG files into (created)"),
+    n: int = typer.Option(10, "-n", help="how many images"),
+    split: str = typer.Option("test", "--split", help="test or train"),
+):
+    """Write the first N images of a dataset split as PNG files (test0-label7.png, ...): pictures to try
+    `imgtrain predict` and the upload page on."""
+    if split not in ("test", "train"):
+        raise ImgtrainError(f"unknown split {split!r}; valid: test, train")
+    if n < 1:
+        raise ImgtrainError(f"-n must be at least 1 (got {n})")
+    import numpy as np
+    from PIL import Image
+
+    from .data import load_dataset
+    from .report import images_of
+
+    ds = load_dataset(dataset, val_split=0, test_split=0.1)
+    part = getattr(ds, split)
+    take = min(n, len(part))
+    out.mkdir(parents=True, exist_ok=True)
+    for i, img in enumerate(images_of(part, np.arange(take), ds.input_shape)):
+        label = ds.class_names[part.y[i]].replace("/", "-")  # 'T-shirt/top' is no file name
+        Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(out / f"{split}{i}-label{label}.png")
+    typer.echo(f"wrote {take} {split} images of {dataset} to {out}")
 
 
 @app.command()
@@ -429,9 +464,7 @@ def serve(
     from .saving import resolve_model_path
 
     resolve_model_path(target)
-    from .backend import use_backend
-
-    use_backend(_run_config(target).get("backend", "tensorflow"))
+    _backend_of(target)
     import uvicorn
 
     from .serve import create_app

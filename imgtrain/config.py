@@ -20,6 +20,12 @@ TTA = ("none", "flip")
 Monitor = Literal["val_accuracy", "val_loss", "accuracy", "loss"]
 
 
+def higher_is_better(metric: str) -> bool:
+    """Accuracies improve upwards, losses downwards: the one place that decides the direction of a metric
+    (best checkpoint, early stopping's record, the best epoch of a run, the direction of a tune search)."""
+    return "acc" in metric
+
+
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
 
@@ -56,8 +62,9 @@ class TrainConfig(BaseModel):
     warmup_fraction: float = Field(0.25, ge=0.0, lt=1.0, description="onecycle: fraction of steps spent warming up")
     step_epochs: int = Field(5, gt=0, description="step: epochs between decays")
     step_gamma: float = Field(0.5, gt=0.0, le=1.0, description="step: factor applied every step_epochs")
-    label_mode: Literal["sparse", "onehot"] = Field("sparse", description="integer labels or one-hot vectors")
-    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="needs one-hot targets; applied automatically")
+    label_mode: Literal["sparse", "onehot"] = Field(
+        "sparse", description="integer labels or one-hot vectors; label_smoothing > 0 makes it onehot (recorded so)")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="needs one-hot targets: sets label_mode onehot")
     class_weight: Union[Literal["none", "balanced"], dict[str, float]] = Field(
         "none", description="'balanced', or {class name or index: weight}")
 
@@ -69,7 +76,7 @@ class TrainConfig(BaseModel):
     min_lr: float = Field(1e-5, ge=0.0)
     jit_compile: Optional[bool] = Field(
         None, description="XLA-compile the train step; None: off on TensorFlow, where that is 1.6x faster for these "
-                          "CNNs on CPU (Keras 3.15 + TF 2.21, seed 000 CNN: 4,573 vs 2,912 img/s), Keras' 'auto' on JAX/torch")
+                          "CNNs on CPU (Keras 3.15 + TF 2.21, seed 000 CNN: 4,573 vs 2,912 img/s), Keras' 'auto' on JAX")
     precision: Literal["float32", "mixed_bfloat16", "mixed_float16"] = Field(
         "float32", description="compute dtype; variables stay float32. mixed_bfloat16 is ~2-3x faster on CPUs with "
                                "AVX512_BF16/AMX (seed 000 CNN, batch 256: ~9,300 vs ~3,000-5,000 img/s here); "
@@ -83,7 +90,8 @@ class TrainConfig(BaseModel):
 
     # run
     seed: int = Field(0, ge=0, description="seeds Python, NumPy and the backend")
-    backend: Literal["tensorflow", "jax", "torch"] = Field("tensorflow", description="Keras backend for this run")
+    backend: Literal["tensorflow", "jax"] = Field(
+        "tensorflow", description="Keras backend for this run; both are installed and tested (jax: data-parallel)")
     out: Optional[str] = Field(None, description="run directory; default runs/<dataset>-<model>-<time>")
     verbose: Literal["auto", "bar", "epoch", "quiet"] = Field(
         "auto", description="progress: a bar with ETA on a terminal, one line per epoch otherwise")
@@ -100,6 +108,15 @@ class TrainConfig(BaseModel):
     coordinator: Optional[str] = Field(
         None, description="HOST:PORT where process 0 listens; None: $KERAS_DISTRIBUTION_JOB_ADDRESSES, "
                           "else $JAX_COORDINATOR_ADDRESS")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _in_effect(cls, values: Any) -> Any:
+        """Record what the run will do: label smoothing trains on one-hot targets, so label_mode says onehot."""
+        if isinstance(values, dict) and isinstance(values.get("label_smoothing"), (int, float)) \
+                and values["label_smoothing"] > 0 and values.get("label_mode", "sparse") == "sparse":
+            values = {**values, "label_mode": "onehot"}
+        return values
 
     @model_validator(mode="after")
     def _consistent(self) -> "TrainConfig":

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data.images import is_image_name, try_decode
+from .data.images import DECODE_ERRORS, GRAY_MODES, is_image_name, peek, try_decode
 from .errors import ImgtrainError
 
 
@@ -31,9 +31,37 @@ def expand_paths(items: list[str]) -> list[str]:
     return out
 
 
+FAR_SCALE = 2.0  # a side resized by more than this factor (up or down) is far from what the model was trained on
+FAR_ASPECT = 1.25  # and so is a change of aspect ratio beyond this factor (the image is squashed)
+
+
+def conversion_note(path: str, input_shape) -> str | None:
+    """What decoding does to this file to fit a model of `input_shape` (h, w, c) when that is far from the file
+    itself: colour dropped or invented, a large resize, a squashed aspect ratio; None when it fits."""
+    h, w, c = input_shape
+    try:
+        (fh, fw), mode = peek(path)
+    except DECODE_ERRORS:
+        return None
+    gray = mode in GRAY_MODES
+    what = []
+    if c == 1 and not gray:
+        what.append("converted from colour to grayscale")
+    elif c == 3 and gray:
+        what.append("grayscale copied into 3 colour channels")
+    scales = (fh / h, fw / w)
+    if max(scales) > FAR_SCALE or min(scales) < 1 / FAR_SCALE or max(scales) / min(scales) > FAR_ASPECT:
+        what.append(f"resized from {fw}x{fh} to {w}x{h}")
+    if not what:
+        return None
+    kind = "grayscale" if c == 1 else "colour"
+    return f"{' and '.join(what)} (the model was trained on {w}x{h} {kind} images)"
+
+
 def predict_files(model, paths: list[str], class_names: list[str], top_k: int = 3,
                   batch_size: int = 256) -> list[dict]:
-    """One dict per file: {'file', 'top': [{'class', 'index', 'probability'}], 'error'}."""
+    """One dict per file: {'file', 'top': [{'class', 'index', 'probability'}], 'error', 'note'}; `note` says when
+    the file was converted far from the model's input (conversion_note)."""
     h, w, c = model.input_shape[1:]
     top_k = max(1, min(top_k, len(class_names)))
     rows, images, where = [], [], []
@@ -42,7 +70,8 @@ def predict_files(model, paths: list[str], class_names: list[str], top_k: int = 
         if arr is not None:
             images.append(arr)
             where.append(len(rows))
-        rows.append({"file": p, "top": [], "error": reason})
+        rows.append({"file": p, "top": [], "error": reason,
+                     "note": conversion_note(p, (h, w, c)) if arr is not None else None})
     if images:
         from .evaluate import predict_arrays
 
@@ -56,12 +85,13 @@ def predict_files(model, paths: list[str], class_names: list[str], top_k: int = 
 def format_rows(rows: list[dict], fmt: str) -> str:
     if fmt == "json":
         return json.dumps(rows, indent=2)
-    flat = [(r["file"], rank + 1, t["class"], t["index"], t["probability"], "") for r in rows
-            for rank, t in enumerate(r["top"])] + [(r["file"], "", "", "", "", r["error"]) for r in rows if r["error"]]
+    flat = [(r["file"], rank + 1, t["class"], t["index"], t["probability"], "", r.get("note") or "") for r in rows
+            for rank, t in enumerate(r["top"])] + \
+           [(r["file"], "", "", "", "", r["error"], "") for r in rows if r["error"]]
     if fmt == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(["file", "rank", "class", "index", "probability", "error"])
+        writer.writerow(["file", "rank", "class", "index", "probability", "error", "note"])
         writer.writerows(flat)
         return buf.getvalue().rstrip("\n")
     if fmt != "table":

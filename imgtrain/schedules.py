@@ -48,6 +48,9 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int, lr=None) -> keras.opt
     return keras.optimizers.RMSprop(lr, momentum=cfg.momentum if cfg.momentum else 0.0)
 
 
-def current_lr(optimizer) -> float:
-    lr = optimizer.learning_rate
-    return float(keras.ops.convert_to_numpy(lr))
+def current_lr(optimizer, step: int | None = None) -> float:
+    """The rate the optimizer uses at `step` (default: the step it takes next)."""
+    schedule = optimizer._learning_rate
+    if step is not None and isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+        return float(keras.ops.convert_to_numpy(schedule(step)))
+    return float(keras.ops.convert_to_numpy(optimizer.learning_rate))

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .backend import precision, use_backend, versions
-from .config import TrainConfig, load_config, make_config, save_config
+from .config import TrainConfig, higher_is_better, load_config, make_config, save_config
 from .errors import ConfigError, ImgtrainError
 from .saving import atomic_write, atomic_write_json
 
@@ -50,7 +50,6 @@ def default_run_dir(cfg: TrainConfig) -> Path:
     return Path(RUNS_DIR) / f"{slug}-{cfg.model}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
-STATE_FORMAT = 1  # version of the resume state stored inside last.keras
 # config keys that may differ between a run and its resumption (a process's id and the coordinator's address
 # may change when a distributed job is started again)
 IGNORED_ON_RESUME = {"out", "verbose", "process_id", "coordinator"}
@@ -222,6 +221,7 @@ def _train(cluster, t_start: float, extra: list) -> RunResult:
     weights = class_weights(cfg.class_weight, ds)  # checked before anything is written
     resume = None
     if resume_from is not None:
+        from .callbacks import STATE_FORMAT
         from .saving import read_meta
 
         resume = read_meta(resume_from).get("resume")
@@ -248,17 +248,7 @@ def _train(cluster, t_start: float, extra: list) -> RunResult:
         log.handlers.clear()
 
 
-def _fit_and_score(cluster, ds, model, weights, run_dir: Path, log: logging.Logger,
-                   t_start: float, resume: dict | None, extra: list) -> RunResult:
-    import keras
-
-    from .callbacks import (BestCheckpoint, EpochSeeds, EpochStats, GracefulStop, HistoryFile, LastCheckpoint,
-                            ResumableEarlyStopping, ResumablePlateau)
-    from .distributed import undistributed
-    from .schedules import make_optimizer, peak_lr
-
-    cfg, chief = cluster.config, cluster.chief
-    t_data = time.perf_counter()
+def _log_data(ds, log: logging.Logger) -> None:
     log.info("data %s: train %d, val %d, test %d, input %s, %d classes, source %s", ds.name, len(ds.train),
              len(ds.val) if ds.val else 0, len(ds.test) if ds.test else 0, ds.input_shape, ds.num_classes, ds.source)
     for note in ds.notes:
@@ -266,14 +256,14 @@ def _fit_and_score(cluster, ds, model, weights, run_dir: Path, log: logging.Logg
     for path, reason in ds.skipped.items():
         log.warning("skipped %s: %s", path, reason)
 
-    onehot = onehot_width(cfg, ds.num_classes)
-    skipped = ds.skipped
-    first = resume["epoch"] if resume else 0
-    train_data = fit_inputs(ds.train, cfg, ds.input_shape, onehot, True, skipped, first, cluster.sharding)
+
+def _fit_data(cluster, ds, onehot: int, first: int, log: logging.Logger):
+    """(training batches from epoch `first` on, validation data or None), with the data-parallel shape logged."""
+    cfg = cluster.config
+    train_data = fit_inputs(ds.train, cfg, ds.input_shape, onehot, True, ds.skipped, first, cluster.sharding)
     val = None
     if ds.val is not None and len(ds.val):
-        val = fit_inputs(ds.val, cfg, ds.input_shape, onehot, False, skipped, sharding=cluster.sharding)
-    steps_per_epoch = len(train_data)
+        val = fit_inputs(ds.val, cfg, ds.input_shape, onehot, False, ds.skipped, sharding=cluster.sharding)
     if cluster.sharding:
         log.info("data-parallel: %d processes, %d devices, global batch %d, %d rows per process and step",
                  cluster.num_processes, cluster.replicas, cfg.batch_size, cfg.batch_size // cluster.num_processes)
@@ -281,86 +271,85 @@ def _fit_and_score(cluster, ds, model, weights, run_dir: Path, log: logging.Logg
             if batches is not None and batches.rows_per_pass < len(batches.x):
                 log.info("%s: %d of %d images a pass (the last batch trimmed to a multiple of %d devices)", name,
                          batches.rows_per_pass, len(batches.x), cluster.replicas)
-    if cfg.lr_scaling != "none":
-        log.info("learning rate: %g x (%d / %d)%s = %g", cfg.learning_rate, cfg.batch_size, cfg.lr_base_batch,
-                 "^0.5" if cfg.lr_scaling == "sqrt" else "", peak_lr(cfg))
-    # on resume keep the restored optimizer (its step count drives the schedule); only the metric objects are new
-    compile_model(model, cfg, ds.num_classes, model.optimizer if resume else make_optimizer(cfg, steps_per_epoch))
-    if resume:
-        log.info("resuming after epoch %d of %d from last.keras", resume["epoch"], cfg.epochs)
+    return train_data, val
 
-    meta = {"class_names": ds.class_names, "input_shape": list(ds.input_shape), "pixel_range": [0, 255],
-            "dataset": cfg.dataset, "model": cfg.model}
+
+def _start_record(cluster, ds, model, run_dir: Path, resume: dict | None) -> dict:
+    """run.json's first state (kept from the earlier start of a resumed run); process 0 writes it and config.yaml."""
     previous = json.loads((run_dir / "run.json").read_text()) if resume and (run_dir / "run.json").exists() else {}
     run_info = {"status": "running", "started": previous.get("started", datetime.now().isoformat(timespec="seconds")),
                 "versions": versions(), "data": ds.summary(), "params": int(model.count_params()),
                 "run_dir": str(run_dir), "resumed": previous.get("resumed", []) + ([resume["epoch"]] if resume else [])}
     if cluster.sharding:
         run_info["distribution"] = cluster.summary()
-    if chief:
-        atomic_write(run_dir / "config.yaml", save_config(cfg))
+    if cluster.chief:
+        atomic_write(run_dir / "config.yaml", save_config(cluster.config))
         atomic_write_json(run_dir / "run.json", run_info)
+    return run_info
 
-    rows: list[dict] = list(resume["history"]) if resume else []  # every completed epoch's logs, this run's whole life
-    restored = (resume or {}).get("callbacks", {})
-    stop = GracefulStop()
-    best_cb = BestCheckpoint(run_dir / "best.keras", cfg.monitor, meta, stop)
-    if "best" in restored:
-        best_cb.best, best_cb.best_epoch = restored["best"]
-    early = ResumableEarlyStopping(cfg.monitor, patience=cfg.early_stopping, verbose=1,
-                                   restore=restored.get("early_stopping")) if cfg.early_stopping else None
-    plateau = ResumablePlateau(cfg.monitor, factor=cfg.reduce_lr_factor, patience=cfg.reduce_lr_patience,
-                               min_lr=cfg.min_lr, restore=restored.get("plateau")) if cfg.reduce_lr_patience else None
 
-    def state(epoch, logs):
-        rows.append({"epoch": epoch, **{k: float(v) for k, v in logs.items()}})
-        snap = {"best": [best_cb.best, best_cb.best_epoch]}
-        if early:
-            snap["early_stopping"] = early.snapshot()
-        if plateau:
-            snap["plateau"] = plateau.snapshot()
-        return {"format": STATE_FORMAT, "epoch": epoch + 1, "history": rows, "callbacks": snap,
-                "stopped": bool(model.stop_training)}  # early stopping has ended the run
+def _refuse_unfinished(cluster, run_dir: Path, run_info: dict, interrupted: bool, rows: list[dict],
+                       losses: list) -> None:
+    """An interrupted or diverged fit ends the run here: run.json says so, and the user gets one line."""
+    cfg = cluster.config
+    if interrupted:
+        run_info.update(status="interrupted")
+        message = (f"interrupted after {rows[-1]['epoch'] + 1 if rows else 0} of {cfg.epochs} epochs; run the same "
+                   f"command again (with --out {run_dir}) to resume")
+    elif losses and not math.isfinite(losses[-1]):
+        last = run_dir / "last.keras"
+        kept = f"the last good model is {last} (epoch {len(losses) - 1})" if last.exists() else \
+            "it diverged in the first epoch, so no model was kept"
+        run_info.update(status="diverged", finished=datetime.now().isoformat(timespec="seconds"))
+        message = (f"loss became {losses[-1]} in epoch {len(losses)} and training stopped; {kept}; "
+                   f"try a lower learning_rate (was {cfg.learning_rate:g})")
+    else:
+        return
+    if cluster.chief:
+        atomic_write_json(run_dir / "run.json", run_info)
+    raise ImgtrainError(message)
 
-    writers = [best_cb, LastCheckpoint(run_dir / "last.keras", meta, state, stop),  # after every callback it snapshots
-               HistoryFile(run_dir / "history.csv", rows)]  # rows as the checkpoint recorded them
-    if cfg.tensorboard:
-        writers.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False, profile_batch=0))
-    # every process runs the callbacks that steer training (all see the same metrics); only process 0 writes files
-    callbacks = [keras.callbacks.TerminateOnNaN(), stop, EpochSeeds(cfg.seed), EpochStats(),
-                 *[c for c in (early, plateau) if c], *extra, *(writers if chief else [])]
-    # shuffle=False: the batches already come in the (seed, epoch) order; Keras would reorder them with the
-    # global NumPy generator, whose state a resumed process does not have
+
+def _fit_and_score(cluster, ds, model, weights, run_dir: Path, log: logging.Logger,
+                   t_start: float, resume: dict | None, extra: list) -> RunResult:
+    from .callbacks import run_callbacks
+    from .distributed import undistributed
+    from .schedules import make_optimizer, peak_lr
+
+    cfg, chief = cluster.config, cluster.chief
+    t_data = time.perf_counter()
+    _log_data(ds, log)
+    onehot = onehot_width(cfg, ds.num_classes)
+    first = resume["epoch"] if resume else 0
+    train_data, val = _fit_data(cluster, ds, onehot, first, log)
+    if cfg.lr_scaling != "none":
+        log.info("learning rate: %g x (%d / %d)%s = %g", cfg.learning_rate, cfg.batch_size, cfg.lr_base_batch,
+                 "^0.5" if cfg.lr_scaling == "sqrt" else "", peak_lr(cfg))
+    # on resume keep the restored optimizer (its step count drives the schedule); only the metric objects are new
+    compile_model(model, cfg, ds.num_classes, model.optimizer if resume else make_optimizer(cfg, len(train_data)))
+    if resume:
+        log.info("resuming after epoch %d of %d from last.keras", resume["epoch"], cfg.epochs)
+    meta = {"class_names": ds.class_names, "input_shape": list(ds.input_shape), "pixel_range": [0, 255],
+            "dataset": cfg.dataset, "model": cfg.model}
+    run_info = _start_record(cluster, ds, model, run_dir, resume)
+    callbacks, stop, rows = run_callbacks(cfg, model, run_dir, meta, resume, chief, extra)
     # a run killed after early stopping ended it (while scoring, say) has nothing left to train
     last_epoch = first if (resume or {}).get("stopped") else cfg.epochs
     fitted = {}
     if first < last_epoch:
+        # shuffle=False: the batches already come in the (seed, epoch) order; Keras would reorder them with the
+        # global NumPy generator, whose state a resumed process does not have
         fitted = model.fit(train_data, validation_data=val, epochs=last_epoch, initial_epoch=first, shuffle=False,
                            validation_batch_size=cfg.batch_size if isinstance(val, tuple) else None,
                            callbacks=callbacks, class_weight=weights,
                            verbose=progress_mode(cfg) if chief else 0).history
     t_fit = time.perf_counter()
-    if stop.interrupted:
-        run_info.update(status="interrupted")
-        if chief:
-            atomic_write_json(run_dir / "run.json", run_info)
-        done = rows[-1]["epoch"] + 1 if rows else 0
-        raise ImgtrainError(f"interrupted after {done} of {cfg.epochs} epochs; run the same command again "
-                            f"(with --out {run_dir}) to resume")
     losses = fitted.get("loss", [])
-    if losses and not math.isfinite(losses[-1]):
-        last = run_dir / "last.keras"
-        kept = f"the last good model is {last} (epoch {len(losses) - 1})" if last.exists() else \
-            "it diverged in the first epoch, so no model was kept"
-        run_info.update(status="diverged", finished=datetime.now().isoformat(timespec="seconds"))
-        if chief:
-            atomic_write_json(run_dir / "run.json", run_info)
-        raise ImgtrainError(f"loss became {losses[-1]} in epoch {len(losses)} and training stopped; {kept}; "
-                            f"try a lower learning_rate (was {cfg.learning_rate:g})")
+    _refuse_unfinished(cluster, run_dir, run_info, stop.interrupted, rows, losses)
     if not chief:
         return RunResult(run_dir, model, fitted, {})
     with undistributed():  # process 0 alone: the best model, the test set and the report on its own devices
-        return _score(cfg, ds, model, run_dir, log, meta, rows, run_info, skipped, losses,
+        return _score(cfg, ds, model, run_dir, log, meta, rows, run_info, ds.skipped, losses,
                       (t_start, t_data, t_fit))
 
 
@@ -395,7 +384,7 @@ def _score(cfg: TrainConfig, ds, model, run_dir: Path, log: logging.Logger, meta
                    "test_images": result["n"], "test_tta": cfg.tta, "test": result}
     hist = {k: [r[k] for r in rows] for k in (rows[0] if rows else {}) if k != "epoch"}
     if cfg.monitor in hist:
-        sign = 1 if "acc" in cfg.monitor else -1
+        sign = 1 if higher_is_better(cfg.monitor) else -1
         best_epoch = int(np.argmax([sign * v for v in hist[cfg.monitor]]))
         metrics.update(best_epoch=best_epoch + 1, **{f"best_{k}": v[best_epoch] for k, v in hist.items()
                                                         if k.startswith("val_") or k in ("accuracy", "loss")})

@@ -26,7 +26,7 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from .config import TrainConfig, make_config, save_config
+from .config import TrainConfig, higher_is_better, make_config, save_config
 from .errors import ConfigError, ImgtrainError
 from .saving import atomic_write
 
@@ -156,7 +156,7 @@ def open_study(cfg: TrainConfig, names: list[str], study_dir: Path) -> optuna.St
     parameters is refused, as `imgtrain train` refuses to resume a run with other settings."""
     study = optuna.create_study(
         storage=f"sqlite:///{(study_dir / 'study.db').resolve()}", study_name=study_dir.name, load_if_exists=True,
-        direction="maximize" if "acc" in cfg.monitor else "minimize",
+        direction="maximize" if higher_is_better(cfg.monitor) else "minimize",
         pruner=optuna.pruners.MedianPruner(n_startup_trials=STARTUP_TRIALS, n_warmup_steps=WARMUP_EPOCHS))
     # seeded by (seed, trials so far): reproducible, and a resumed search does not replay the first start's draws
     start = np.random.default_rng([cfg.seed, len(study.trials)]).integers(2**31)

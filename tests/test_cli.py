@@ -55,7 +55,7 @@ def test_predict_names_classes_in_three_formats(mnist_run, mnist_pngs):
     table = run_cli("predict", out / "best.keras", folder / "7" / next(iter(sorted(p.name for p in (folder / "7").iterdir())))).stdout
     assert "rank" in table and "probability" in table
     parsed = list(csv.DictReader(io.StringIO(run_cli("predict", out, folder, "--format", "csv", "-k", "1").stdout)))
-    assert len(parsed) == 40 and set(parsed[0]) == {"file", "rank", "class", "index", "probability", "error"}
+    assert len(parsed) == 40 and set(parsed[0]) == {"file", "rank", "class", "index", "probability", "error", "note"}
 
 
 @pytest.mark.parametrize("args, expect", [
@@ -64,7 +64,8 @@ def test_predict_names_classes_in_three_formats(mnist_run, mnist_pngs):
     (["train", "--epochs", "-2"], "error: config epochs: Input should be greater than 0 (got -2)"),
     (["train", "--optimizer", "adamax"], "error: config optimizer: Input should be 'adam', 'adamw', 'sgd' or 'rmsprop'"),
     (["train", "--set", "epochz=3"], "error: unknown config key 'epochz'; valid keys: dataset, model"),
-    (["train", "--backend", "theano"], "error: config backend: Input should be 'tensorflow', 'jax' or 'torch'"),
+    (["train", "--backend", "theano"], "error: config backend: Input should be 'tensorflow' or 'jax'"),
+    (["train", "--backend", "torch"], "error: config backend: Input should be 'tensorflow' or 'jax'"),  # not installed
     (["evaluate", "no/such/run"], "error: no/such/run: no such run directory or model file"),
     (["predict", "no/such/model.keras", "x.png"], "error: no/such/model.keras: no such run directory or model file"),
 ])
@@ -87,3 +88,44 @@ def test_listings():
     assert "fashion_mnist" in datasets and "folder:PATH" in datasets and "offline:" in datasets
     models = run_cli("models").stdout
     assert "cnn_bn" in models and "102,730" in models and "824,458" in models
+
+
+def test_sample_images_writes_real_test_images_that_predict_reads(mnist_run, tmp_path):
+    """`imgtrain sample-images mnist digits -n 5` makes the digits/ folder the docs use: the first five MNIST test
+    images (labels 7 2 1 0 4), pixel for pixel."""
+    import numpy as np
+    from PIL import Image
+
+    from imgtrain import load_dataset
+
+    proc = run_cli("sample-images", "mnist", tmp_path / "digits", "-n", "5")
+    assert proc.stdout.strip() == f"wrote 5 test images of mnist to {tmp_path / 'digits'}"
+    names = sorted(p.name for p in (tmp_path / "digits").iterdir())
+    assert names == ["test0-label7.png", "test1-label2.png", "test2-label1.png", "test3-label0.png",
+                     "test4-label4.png"]
+    x = load_dataset("mnist", val_split=0).test.x
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "digits" / "test3-label0.png")), x[3, ..., 0])
+    out, _ = mnist_run
+    rows = json.loads(run_cli("predict", out, tmp_path / "digits", "--format", "json", "-k", "1").stdout)
+    assert sum(r["top"][0]["class"] == r["file"].rsplit("label", 1)[1][0] for r in rows) >= 4
+    assert all(r["note"] is None for r in rows), "28x28 grayscale files need no conversion note"
+    bad = run_cli("sample-images", "mnist", tmp_path / "d2", "--split", "val", check=False)
+    assert bad.returncode == 2 and bad.stderr.strip() == "error: unknown split 'val'; valid: test, train"
+
+
+def test_predict_says_what_it_wrote_and_when_an_image_is_far_from_the_model_input(mnist_run, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    out, _ = mnist_run
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (240, 320, 3), dtype=np.uint8)).save(photo)
+    digit = tmp_path / "digit.png"
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(digit)
+    proc = run_cli("predict", out, photo, digit, "--format", "csv", "-o", tmp_path / "p.csv")
+    assert proc.stdout.strip() == f"written: {tmp_path / 'p.csv'} (2 images, 0 skipped)"
+    assert proc.stderr.strip() == (f"note: {photo}: converted from colour to grayscale and resized from 320x240 to "
+                                   "28x28 (the model was trained on 28x28 grayscale images)")
+    rows = list(csv.DictReader(open(tmp_path / "p.csv")))
+    notes = {r["file"]: r["note"] for r in rows if r["rank"] == "1"}
+    assert notes[str(digit)] == "" and notes[str(photo)].startswith("converted from colour to grayscale")

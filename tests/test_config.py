@@ -77,3 +77,15 @@ def test_docs_list_every_config_key():
 
     doc = (Path(__file__).parents[1] / "docs" / "config.md").read_text()
     assert describe() in doc, "docs/config.md is stale: run `imgtrain config > docs/config.md`"
+
+
+def test_label_smoothing_is_recorded_as_onehot_targets(tmp_path):
+    """Label smoothing trains on one-hot targets, so the config (and config.yaml of a run) says label_mode onehot;
+    the file loads back to the same config, so a resumed run matches its saved settings."""
+    cfg = make_config(label_smoothing=0.1)
+    assert cfg.label_mode == "onehot"
+    assert make_config(label_smoothing=0.1, label_mode="sparse").label_mode == "onehot"
+    assert make_config().label_mode == "sparse" and make_config(label_mode="onehot").label_mode == "onehot"
+    (tmp_path / "config.yaml").write_text(save_config(cfg))
+    assert "label_mode: onehot" in (tmp_path / "config.yaml").read_text()
+    assert load_config(tmp_path / "config.yaml") == cfg

@@ -75,6 +75,12 @@ def test_runs_list_and_compare(tmp_path):
     listing = run_cli("runs", "list", "--dir", tmp_path / "runs").stdout.splitlines()
     assert listing[0].split()[:3] == ["run", "dataset", "model"]
     assert [l.split()[0] for l in listing[1:]] == ["a", "b"] and all("mnist" in l and "2/2" in l for l in listing[1:])
+    # a folder, or run directories written with --out anywhere, as arguments
+    assert run_cli("runs", "list", tmp_path / "runs").stdout.splitlines() == listing
+    named = run_cli("runs", "list", tmp_path / "runs" / "b", tmp_path / "runs" / "a").stdout.splitlines()
+    assert [l.split()[0] for l in named[1:]] == ["b", "a"]
+    missing = run_cli("runs", "list", tmp_path / "nowhere", check=False)
+    assert missing.returncode == 2 and missing.stderr.strip() == f"error: {tmp_path / 'nowhere'}: no such folder of runs"
     proc = run_cli("runs", "compare", tmp_path / "runs" / "a", tmp_path / "runs" / "b", "--plot", tmp_path / "c.png")
     lr_row = next(l for l in proc.stdout.splitlines() if l.startswith("learning_rate"))
     assert "0.001" in lr_row and "0.003" in lr_row
