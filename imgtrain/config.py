@@ -44,7 +44,8 @@ class TrainConfig(BaseModel):
     train_limit: Optional[int] = Field(None, gt=0, description="use at most this many training images (stratified)")
     test_limit: Optional[int] = Field(None, gt=0, description="use at most this many test images (stratified)")
     stream: Optional[bool] = Field(None, description="decode image files per batch; None: only when they exceed 512 MiB")
-    allow_outside_root: bool = Field(False, description="csv: read paths that lead outside the CSV's folder")
+    allow_outside_root: bool = Field(False, description="folder and csv: read files that lead outside the dataset "
+                                     "folder (symlinks out; in a CSV also ../ and absolute paths)")
 
     # optimisation
     epochs: int = Field(15, gt=0, description="passes over the training set")

@@ -44,19 +44,34 @@ def predict_arrays(model, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
 def predict_probs(model, split: Split, batch_size: int = 512, skipped: dict | None = None,
                   tta: str = "none") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(probabilities (n, classes), labels (n,), positions in the split (n,)). Streamed splits drop files that
-    fail to decode, so `positions` says which image each row belongs to. `tta`: see `with_tta`."""
+    fail to decode (recorded in `skipped`), so `positions` says which image each row belongs to. `tta`: see
+    `with_tta`."""
     model = with_tta(model, tta)
     if split.in_memory:
         return predict_arrays(model, split.x, batch_size), split.y, np.arange(len(split))
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
     from .data.stream import ImageBatches
 
-    skipped = skipped if skipped is not None else {}
-    before = set(skipped)
-    probs = model.predict(ImageBatches(split, model.input_shape[1:], batch_size, labels=False, skipped=skipped),
-                          verbose=0)
-    bad = set(skipped) - before
-    keep = np.array([i for i, p in enumerate(split.paths) if p not in bad], np.int64)
-    return probs, split.y[keep], keep
+    # One batch at a time with the positions it decoded, never Keras' `predict` over ImageBatches: a batch of only
+    # bad files there borrows a good one from later (a training need), which would add rows no position owns.
+    # Two batches decode ahead in threads (Pillow drops the GIL) while the model runs.
+    batches = ImageBatches(split, model.input_shape[1:], batch_size, labels=False, skipped=skipped)
+    rows, positions = [], []
+    with ThreadPoolExecutor(2) as pool:
+        ahead = deque(pool.submit(batches.decode_batch, b) for b in range(min(2, len(batches))))
+        for b in range(len(batches)):
+            x, keep = ahead.popleft().result()
+            if b + 2 < len(batches):
+                ahead.append(pool.submit(batches.decode_batch, b + 2))
+            if x is not None:
+                rows.append(np.asarray(model.predict_on_batch(x)))
+                positions.append(keep)
+    if not rows:
+        return np.zeros((0, *model.output_shape[1:]), np.float32), split.y[:0], np.zeros(0, np.int64)
+    keep = np.concatenate(positions)
+    return np.concatenate(rows), split.y[keep], keep
 
 
 def metrics_from_probs(probs: np.ndarray, y: np.ndarray, class_names: list[str]) -> dict:

@@ -187,3 +187,128 @@ def test_cache_that_cannot_be_written_costs_only_the_cache(tmp_path, monkeypatch
     arrays = load_cached("t", "0" * 64, lambda: {"x": np.arange(3)})
     wait_for_writes()  # the failed background write leaves nothing behind and raises nothing
     assert arrays["x"].tolist() == [0, 1, 2] and blocker.read_text() == "" and list(tmp_path.iterdir()) == [blocker]
+
+
+def _class_folders(root, classes: dict[str, int], n=6, size=(8, 8), mode="L"):
+    """root/<class>/<i>.png, every pixel of class k set to classes[k] (mode L) or to (v, 255 - v, 0) (RGB)."""
+    for name, value in classes.items():
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            img = Image.new(mode, size[::-1], value if mode == "L" else (value, 255 - value, 0))
+            img.save(root / name / f"{i:03d}.png")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_empty_class_folders_are_skipped_not_classes(tmp_path, stream):
+    _class_folders(tmp_path, {"ant": 10, "cat": 100, "eel": 200})
+    (tmp_path / "bare").mkdir()  # nothing in it
+    (tmp_path / "fig").mkdir()
+    (tmp_path / "fig" / "readme.txt").write_text("no images here")
+    (tmp_path / "dud").mkdir()
+    (tmp_path / "dud" / "0.png").write_bytes(b"not a png")
+    ds = load_dataset(f"folder:{tmp_path}", val_split=0, test_split=0, stream=stream)
+    # streamed files are decoded per batch, so a class whose files all fail to decode is only known then (data.md)
+    assert ds.class_names == (["ant", "cat", "dud", "eel"] if stream else ["ant", "cat", "eel"])
+    assert ds.train.counts(ds.num_classes) == ([6, 6, 1, 6] if stream else [6, 6, 6])
+    folders = {os.path.basename(p): r for p, r in ds.skipped.items() if os.path.isdir(p)}
+    assert folders == {"bare": "class folder with no training images (no image files): skipped",
+                       "fig": "class folder with no training images (no image files): skipped",
+                       **({} if stream else
+                          {"dud": "class folder with no training images (1 image file, none decoded): skipped"})}
+    assert ds.notes == [f"skipped {len(folders)} classes with no training images: {', '.join(sorted(folders))}"]
+    if not stream:  # labels re-indexed over the classes kept: label k holds class_names[k]'s pixels
+        for k, value in enumerate((10, 100, 200)):
+            assert (ds.train.x[ds.train.y == k] == value).all()
+    assert ds.summary()["skipped_files"].keys() >= {str(tmp_path / n) for n in folders}  # what run.json lists
+
+
+def test_a_class_with_only_test_images_is_skipped_with_them(tmp_path):
+    _class_folders(tmp_path / "train", {"a": 10, "b": 100})
+    (tmp_path / "train" / "c").mkdir()
+    _class_folders(tmp_path / "test", {"a": 10, "b": 100, "c": 200}, n=3)
+    ds = load_dataset(f"folder:{tmp_path}", val_split=0)
+    assert ds.class_names == ["a", "b"] and ds.test.counts(2) == [3, 3] and len(ds.test) == 6
+    assert (ds.test.x[ds.test.y == 1] == 100).all()
+    assert ds.skipped[str(tmp_path / "train" / "c")].startswith("class folder with no training images")
+    assert {os.path.basename(p) for p, r in ds.skipped.items() if r == "its class 'c' has no training images"} \
+        == {"000.png", "001.png", "002.png"}
+    (tmp_path / "train" / "b" / "000.png").write_bytes(b"")  # b left with one file that does not decode
+    for i in (1, 2, 3, 4, 5):
+        (tmp_path / "train" / "b" / f"{i:03d}.png").unlink()
+    with pytest.raises(DataError, match=r"found one class \(a\) \(skipped, with no training images: b, c\); "
+                                        "a classifier needs two or more"):
+        load_dataset(f"folder:{tmp_path}")
+
+
+def test_skipped_class_folder_reaches_the_model_run_json_log_and_report(tmp_path):
+    import json
+
+    from imgtrain import train
+
+    _class_folders(tmp_path / "data", {"ant": 10, "cat": 100, "eel": 200}, n=10)
+    (tmp_path / "data" / "empty_class").mkdir()
+    run = train(dataset=f"folder:{tmp_path / 'data'}", model="mlp", epochs=1, batch_size=8,
+                out=str(tmp_path / "run"), tensorboard=False, verbose="quiet")
+    assert run.model.output_shape[-1] == 3
+    data = json.loads((run.run_dir / "run.json").read_text())["data"]
+    folder = str(tmp_path / "data" / "empty_class")
+    reason = "class folder with no training images (no image files): skipped"
+    assert data["class_names"] == ["ant", "cat", "eel"] and data["skipped_files"] == {folder: reason}
+    assert f"WARNING skipped {folder}: {reason}" in (run.run_dir / "train.log").read_text()
+    page = (run.run_dir / "report.html").read_text()
+    assert folder in page and "skipped 1 class with no training images: empty_class" in page
+
+
+def test_streamed_predictions_line_up_when_whole_batches_are_undecodable(tmp_path):
+    """Batches of 4 over 13 test files: the second batch and the last (one file) hold only bad files. Keras'
+    predict over ImageBatches would borrow good images there and return rows that no position owns."""
+    from imgtrain.data.images import decode
+    from imgtrain.evaluate import predict_probs
+    from imgtrain.models import build_model
+
+    rng = np.random.default_rng(0)
+    bad = {("a", 4), ("a", 5), ("b", 0), ("b", 1), ("b", 6)}
+    for split, n in (("train", {"a": 2, "b": 2}), ("test", {"a": 6, "b": 7})):
+        for cls, k in n.items():
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(k):
+                path = tmp_path / split / cls / f"{i:02d}.png"
+                if split == "test" and (cls, i) in bad:
+                    path.write_bytes(b"truncated")
+                else:
+                    Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(path)
+    ds = load_dataset(f"folder:{tmp_path}", val_split=0, stream=True)
+    model = build_model("mlp", ds.input_shape, 2)
+    skipped = {}
+    probs, y, positions = predict_probs(model, ds.test, batch_size=4, skipped=skipped)
+    assert positions.tolist() == [0, 1, 2, 3, 8, 9, 10, 11] and y.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert len(probs) == len(y) == len(positions) and len(skipped) == 5
+    x = np.stack([decode(ds.test.paths[i], (8, 8), 1) for i in positions])
+    np.testing.assert_allclose(probs, np.asarray(model.predict_on_batch(x)), atol=1e-6)
+
+
+def test_folder_symlinks_cannot_leave_the_dataset_root(tmp_path):
+    root, outside = tmp_path / "data", tmp_path / "outside"
+    _class_folders(root, {"cat": 10, "dog": 100}, n=3)
+    _class_folders(outside, {"birds": 50, "loose": 200}, n=2)
+    os.symlink(outside / "loose" / "000.png", root / "cat" / "link_out.png")  # a file leading out
+    os.symlink(outside / "birds", root / "birds")  # a class folder leading out
+    os.symlink(root / "dog" / "000.png", root / "cat" / "link_in.png")  # stays inside: read
+    ds = load_dataset(f"folder:{root}", val_split=0, test_split=0)
+    reason = f"outside the dataset root {os.path.realpath(root)} (allow_outside_root: true to read it)"
+    assert ds.class_names == ["cat", "dog"] and ds.train.counts(2) == [4, 3]
+    assert {ds.skipped[str(root / p)] for p in ("cat/link_out.png", "birds/000.png", "birds/001.png")} == {reason}
+    assert ds.skipped[str(root / "birds")].startswith("class folder with no training images")
+    free = load_dataset(f"folder:{root}", val_split=0, test_split=0, allow_outside_root=True)
+    assert free.class_names == ["birds", "cat", "dog"] and free.train.counts(3) == [2, 5, 3] and not free.skipped
+
+
+def test_colour_is_seen_in_a_class_after_grayscale_ones(tmp_path):
+    """70 + 70 grayscale files sort before the colour class: the first 64 paths are all grayscale."""
+    _class_folders(tmp_path / "mixed", {"a": 10, "b": 100}, n=70)
+    _class_folders(tmp_path / "mixed", {"c": 200}, n=3, mode="RGB")
+    ds = load_dataset(f"folder:{tmp_path / 'mixed'}", val_split=0, test_split=0)
+    assert ds.input_shape == (8, 8, 3)
+    assert ds.train.x[ds.train.y == 2][:, 0, 0].tolist() == [[200, 55, 0]] * 3, "colour kept, not turned gray"
+    _class_folders(tmp_path / "gray", {"a": 10, "b": 100, "c": 200}, n=70)
+    assert load_dataset(f"folder:{tmp_path / 'gray'}", val_split=0, test_split=0).input_shape == (8, 8, 1)

@@ -4,6 +4,7 @@ Every loader returns a `Dataset` of uint8 images (N, H, W, C) and integer labels
 """
 from __future__ import annotations
 
+from collections import Counter
 from typing import Callable
 
 import numpy as np
@@ -94,46 +95,91 @@ def decode_cached(paths: list[str], size: tuple[int, int], channels: int):
     return arrays["x"], arrays["ok"], bad
 
 
+def _need_two(spec: str, class_names: list[str], dropped: list[str]) -> None:
+    if len(class_names) < 2:
+        why = f" (skipped, with no training images: {', '.join(dropped)})" if dropped else ""
+        raise DataError(f"{spec}: found one class ({', '.join(class_names)}){why}; a classifier needs two or more")
+
+
+def _decode_splits(listing: files.FileList, index: dict, size, c: int, stream: bool, skipped: dict):
+    """({split: Split}, {split: the path of each row}): decoded (undecodable files left out and recorded in
+    `skipped`) or, streamed, the paths as listed."""
+    splits, row_paths = {}, {}
+    for split, (paths, labels) in listing.splits.items():
+        y = np.array([index[l] for l in labels], np.int64)
+        if stream:
+            splits[split], row_paths[split] = Split(y, paths=list(paths)), list(paths)
+        else:
+            x, ok, bad = decode_cached(paths, size, c)
+            skipped.update(bad)
+            splits[split], row_paths[split] = Split(y[ok], x=x), [p for p, k in zip(paths, ok) if k]
+    return splits, row_paths
+
+
+def _drop_empty_classes(spec: str, listing: files.FileList, class_names: list[str], splits: dict,
+                        row_paths: dict, skipped: dict):
+    """(class names, splits, dropped names) without the classes that have no training images: a class the model
+    could never learn, with an output that could never be right. Each is recorded in `skipped` (its folder), as
+    are its val/test images; labels are re-indexed over the classes kept."""
+    counts = splits["train"].counts(len(class_names))
+    dropped = [n for n, k in zip(class_names, counts) if k == 0]
+    if not dropped:
+        return class_names, splits, []
+    listed = Counter(listing.splits["train"][1])
+    noun = "class folder" if listing.class_names else "class"
+    for name in dropped:
+        n = listed[name]
+        why = (f"{n} image file{'s' if n > 1 else ''}, none decoded" if n else
+               "no image files" if listing.class_names else "no training rows")
+        where = listing.class_paths.get(name, f"{spec} class {name!r}")
+        skipped[where] = f"{noun} with no training images ({why}): skipped"
+    kept_at = [i for i, k in enumerate(counts) if k > 0]
+    new_index = np.full(len(class_names), -1, np.int64)  # old label -> new label, -1 for a dropped class
+    new_index[kept_at] = np.arange(len(kept_at))
+    out = {}
+    for split, part in splits.items():
+        y = new_index[part.y]
+        for i in np.flatnonzero(y < 0):
+            skipped[row_paths[split][i]] = f"its class {class_names[part.y[i]]!r} has no training images"
+        out[split] = part.take(np.flatnonzero(y >= 0))
+        out[split].y = y[y >= 0]
+    return [class_names[i] for i in kept_at], out, dropped
+
+
 def _from_files(spec: str, listing: files.FileList, image_size, channels, stream) -> Dataset:
     all_labels = {l for _, labels in listing.splits.values() for l in labels}
     class_names = listing.class_names or files.label_order(all_labels)
     unknown = all_labels - set(class_names)
     if unknown:
         raise DataError(f"{spec}: labels {sorted(unknown)} are not training classes ({', '.join(class_names)})")
-    train_paths = listing.splits["train"][0]
+    train_paths, train_labels = listing.splits["train"]
     if not train_paths:
         raise DataError(f"{spec}: no image files found (extensions: jpg, jpeg, png, bmp, gif, webp)")
-    if len(class_names) < 2:
-        raise DataError(f"{spec}: found one class ({', '.join(class_names)}); a classifier needs two or more")
-    size, c = files.sniff_shape(train_paths, listing.skipped)
+    listed = [n for n in class_names if n in set(train_labels)]  # checked before decoding, which takes long
+    _need_two(spec, listed, [n for n in class_names if n not in listed])
+    size, c = files.sniff_shape(train_paths, train_labels)
     size, c = tuple(image_size or size), channels or c
-    index = {n: i for i, n in enumerate(class_names)}
     n_all = sum(len(p) for p, _ in listing.splits.values())
     stream = stream if stream is not None else n_all * size[0] * size[1] * c > IN_MEMORY_LIMIT
     skipped = dict(listing.skipped)
-    splits = {}
-    for split, (paths, labels) in listing.splits.items():
-        y = np.array([index[l] for l in labels], np.int64)
-        if stream:
-            splits[split] = Split(y, paths=list(paths))
-        else:
-            x, ok, bad = decode_cached(paths, size, c)
-            skipped.update(bad)
-            splits[split] = Split(y[ok], x=x)
+    index = {n: i for i, n in enumerate(class_names)}
+    splits, row_paths = _decode_splits(listing, index, size, c, stream, skipped)
+    if len(splits["train"]) == 0:
+        raise DataError(f"{spec}: none of the {len(train_paths)} training files could be decoded")
+    class_names, splits, dropped = _drop_empty_classes(spec, listing, class_names, splits, row_paths, skipped)
+    _need_two(spec, class_names, dropped)
     digest = files.listing_hash(*[sum((list(v[i]) for v in listing.splits.values()), []) for i in (0, 1)])
     ds = Dataset(spec, class_names, (size[0], size[1], c), splits["train"], splits.get("test"),
                  val=splits.get("val"), data_hash=digest, source=spec.partition(":")[2], skipped=skipped)
-    if len(ds.train) == 0:
-        raise DataError(f"{spec}: none of the {len(train_paths)} training files could be decoded")
-    empty = [n for n, k in zip(class_names, ds.train.counts(len(class_names))) if k == 0]
-    if empty:
-        ds.notes.append(f"classes with no training images: {', '.join(empty)}")
+    if dropped:
+        ds.notes.append(f"skipped {len(dropped)} {'class' if len(dropped) == 1 else 'classes'} with no training "
+                        f"images: {', '.join(dropped)}")
     return ds
 
 
 @register_dataset(arg="PATH", about="image files in PATH/<class>/ (or PATH/train|val|test/<class>/, or flat label.N.jpg)")
-def folder(arg, image_size=None, channels=None, stream=None) -> Dataset:
-    return _from_files(f"folder:{arg}", files.list_folder(arg), image_size, channels, stream)
+def folder(arg, image_size=None, channels=None, stream=None, allow_outside_root=False) -> Dataset:
+    return _from_files(f"folder:{arg}", files.list_folder(arg, allow_outside_root), image_size, channels, stream)
 
 
 @register_dataset(arg="FILE", about="a CSV of image paths and labels (optional split column)")
@@ -148,10 +194,11 @@ def load_dataset(name: str, *, val_split: float = 0.1, test_split: float = 0.1, 
     """Load a dataset and carve the validation split from train (seeded, stratified).
 
     Where the data has no test set, `test_split` of train is held out as the test set first; the test set is
-    never used for choices during training.
+    never used for choices during training. `allow_outside_root` (folder and csv): read files that lead out of the
+    dataset folder (symlinks; in a CSV also `../` and absolute paths) instead of skipping them.
     """
     kind, arg = parse_name(name)
-    extra = {"allow_outside_root": True} if allow_outside_root and kind == "csv" else {}
+    extra = {"allow_outside_root": True} if allow_outside_root and kind in ("folder", "csv") else {}
     ds = DATASETS.get(kind)(arg, image_size=image_size, channels=channels, stream=stream, **extra)
     if ds.test is None and test_split > 0:
         keep, out = stratified_split(ds.train.y, test_split, seed)

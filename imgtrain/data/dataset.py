@@ -48,7 +48,7 @@ class Dataset:
     val: Split | None = None
     data_hash: str = ""  # sha256 of the source files (or of the file listing for folders and tables)
     source: str = ""  # where the data was read from
-    skipped: dict[str, str] = field(default_factory=dict)  # path -> reason, for files that could not be used
+    skipped: dict[str, str] = field(default_factory=dict)  # path -> reason: files and class folders not used
     notes: list[str] = field(default_factory=list)
 
     @property

@@ -23,20 +23,37 @@ class FileList:
     splits: dict[str, tuple[list[str], list[str]]]
     skipped: dict[str, str] = field(default_factory=dict)
     class_names: list[str] | None = None  # folder order; None: sorted labels
+    class_paths: dict[str, str] = field(default_factory=dict)  # class -> what a skipped class is listed as
 
 
-def _images_in(folder: Path, skipped: dict[str, str]) -> list[str]:
+def outside_root(root: str | Path) -> str:
+    """The skip reason, shared by folder and CSV listings, for a file whose real path is not under `root`."""
+    return f"outside the dataset root {root} (allow_outside_root: true to read it)"
+
+
+def _within(path: str, real_root: str) -> bool:
+    return os.path.commonpath([path, real_root]) == real_root
+
+
+def _images_in(folder: Path, skipped: dict[str, str], real_root: str | None = None) -> list[str]:
+    """Image-named files under `folder`, sorted. With `real_root`, files whose real path (after symlinks, of the
+    file or of a folder above it) is not under it are skipped with the CSV loader's reason."""
     out = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        # one realpath per folder, and one per file only for the files that are symlinks (an lstat each)
+        dir_inside = real_root is None or _within(os.path.realpath(dirpath), real_root)
         for name in sorted(filenames):
             if name.startswith("."):
                 continue
             path = os.path.join(dirpath, name)
-            if is_image_name(name):
-                out.append(path)
-            else:
+            if not is_image_name(name):
                 skipped[path] = "not an image file extension"
+            elif real_root is not None and not (_within(os.path.realpath(path), real_root)
+                                                if os.path.islink(path) else dir_inside):
+                skipped[path] = outside_root(real_root)
+            else:
+                out.append(path)
     return out
 
 
@@ -44,11 +61,14 @@ def _class_dirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def list_folder(root: str) -> FileList:
-    """`root/<class>/*.png`, or `root/{train,val,test}/<class>/*`, or flat `root/<label>.<n>.jpg` (Dogs-vs-Cats)."""
+def list_folder(root: str, allow_outside_root: bool = False) -> FileList:
+    """`root/<class>/*.png`, or `root/{train,val,test}/<class>/*`, or flat `root/<label>.<n>.jpg` (Dogs-vs-Cats).
+    Files that lead out of `root` through a symlink (a linked file or class folder) are skipped unless
+    `allow_outside_root`, as in `list_table`."""
     base = Path(root)
     if not base.is_dir():
         raise DataError(f"folder:{root}: not a directory")
+    real_root = None if allow_outside_root else os.path.realpath(base)
     skipped: dict[str, str] = {}
     subdirs = _class_dirs(base)
     split_dirs = {SPLIT_DIRS[d.name.lower()]: d for d in subdirs if d.name.lower() in SPLIT_DIRS}
@@ -63,26 +83,26 @@ def list_folder(root: str) -> FileList:
             paths, labels = [], []
             for name in class_names:
                 if (folder / name).is_dir():
-                    found = _images_in(folder / name, skipped)
+                    found = _images_in(folder / name, skipped, real_root)
                     paths += found
                     labels += [name] * len(found)
             splits[split] = (paths, labels)
-        return FileList(splits, skipped, class_names)
+        return FileList(splits, skipped, class_names, {n: str(split_dirs["train"] / n) for n in class_names})
     if subdirs:
         class_names = [d.name for d in subdirs]
         paths, labels = [], []
         for d in subdirs:
-            found = _images_in(d, skipped)
+            found = _images_in(d, skipped, real_root)
             paths += found
             labels += [d.name] * len(found)
-        return FileList({"train": (paths, labels)}, skipped, class_names)
+        return FileList({"train": (paths, labels)}, skipped, class_names, {d.name: str(d) for d in subdirs})
     # Flat folder: the label is the file name up to its first dot, as in Kaggle's dogs-vs-cats/train/dog.1.jpg.
-    paths = _images_in(base, skipped)
+    paths = _images_in(base, skipped, real_root)
     labels = [Path(p).name.split(".")[0] for p in paths]
     if len(set(labels)) < 2:
         raise DataError(f"folder:{root}: found no class sub-folders and no '<label>.<n>.<ext>' file names "
                         "with two or more labels; expected root/<class>/<image> files")
-    return FileList({"train": (paths, labels)}, skipped)
+    return FileList({"train": (paths, labels)}, skipped, class_paths={l: str(base / f"{l}.*") for l in set(labels)})
 
 
 def list_table(csv_file: str, allow_outside_root: bool = False) -> FileList:
@@ -113,7 +133,7 @@ def list_table(csv_file: str, allow_outside_root: bool = False) -> FileList:
                 skipped[str(file or row[pcol])] = "file not found"
                 continue
             if not allow_outside_root and not file.resolve().is_relative_to(root):
-                skipped[str(file)] = f"outside the dataset root {root} (allow_outside_root: true to read it)"
+                skipped[str(file)] = outside_root(root)
                 continue
             paths, labels = splits.setdefault(split, ([], []))
             paths.append(str(file))
@@ -130,12 +150,27 @@ def label_order(labels: set[str]) -> list[str]:
     return sorted(labels)
 
 
-def sniff_shape(paths: list[str], skipped: dict[str, str], sample: int = 64):
-    """((height, width), channels) shared by a sample of the files, or the defaults when they disagree."""
+def spread_sample(labels: list[str], sample: int = 64) -> list[int]:
+    """Positions of about `sample` files, at least 2 of each class, evenly spaced within each class: a colour class
+    sorted after grayscale ones is seen (the first 64 of a class-sorted list may all be one class)."""
+    by_class: dict[str, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_class.setdefault(label, []).append(i)
+    k = max(2, -(-sample // max(1, len(by_class))))  # per class, rounded up
+    out = []
+    for idx in by_class.values():
+        step = max(1, len(idx) / k)
+        out += sorted({idx[int(j * step)] for j in range(min(k, len(idx)))})
+    return out
+
+
+def sniff_shape(paths: list[str], labels: list[str], sample: int = 64):
+    """((height, width), channels) from the headers of a sample spread over every class (`spread_sample`): the
+    size they share, or DEFAULT_SIZE when they differ; 1 channel only when every sampled file is grayscale."""
     sizes, gray = set(), True
-    for p in paths[:sample]:
+    for i in spread_sample(labels, sample):
         try:
-            size, mode = peek(p)
+            size, mode = peek(paths[i])
         except DECODE_ERRORS:
             continue
         sizes.add(size)

@@ -7,13 +7,16 @@ import threading
 import keras
 import numpy as np
 
+from ..errors import DataError
 from .batches import epoch_order
 from .dataset import Split
 from .images import try_decode
 
 
 class ImageBatches(keras.utils.PyDataset):
-    """(x, y) or x batches from `split.paths`; undecodable files are dropped from their batch and recorded."""
+    """(x, y) or x batches from `split.paths`; undecodable files are dropped from their batch and recorded. A batch
+    of only undecodable files borrows a good file from later in the split, which suits training; for predictions
+    use `decode_batch`, which never borrows (`evaluate.predict_probs`)."""
 
     def __init__(self, split: Split, input_shape, batch_size: int, *, shuffle: bool = False, seed: int = 0,
                  onehot: int = 0, labels: bool = True, skipped: dict | None = None, workers: int = 2,
@@ -36,25 +39,31 @@ class ImageBatches(keras.utils.PyDataset):
                 self.skipped[self.split.paths[i]] = reason
         return arr
 
-    def __getitem__(self, b: int):
+    def decode_batch(self, b: int) -> tuple[np.ndarray | None, np.ndarray]:
+        """(images or None when none decoded, their positions in the split) of batch `b`, undecodable files
+        left out: what prediction needs, where every row must belong to the position it is reported for."""
         idx = self.order[b * self.batch_size:(b + 1) * self.batch_size]
         images, keep = [], []
         for i in idx:
-            arr = self._load(i)
-            if arr is not None:
+            if (arr := self._load(i)) is not None:
                 images.append(arr)
                 keep.append(i)
-        if not images:  # a batch of only bad files: borrow good ones so the step still has data
+        return (np.stack(images) if images else None), np.array(keep, np.int64)
+
+    def __getitem__(self, b: int):
+        x, keep = self.decode_batch(b)
+        if x is None:  # a batch of only bad files: borrow a good one so the training step still has data
+            idx = self.order[b * self.batch_size:(b + 1) * self.batch_size]
             j = (idx[-1] + 1) % len(self.split)
-            while not images and j != idx[0]:
+            while x is None and j != idx[0]:
                 if (arr := self._load(j)) is not None:
-                    images.append(arr)
-                    keep.append(j)
+                    x, keep = arr[None], np.array([j])
                 j = (j + 1) % len(self.split)
-        x = np.stack(images)
+        if x is None:
+            raise DataError(f"none of the {len(self.split)} files of this split could be decoded")
         if not self.labels:
             return x
-        y = self.split.y[np.array(keep)]
+        y = self.split.y[keep]
         return (x, np.eye(self.onehot, dtype=np.float32)[y]) if self.onehot else (x, y)
 
     def on_epoch_end(self):
