@@ -5,9 +5,7 @@ report.html (one self-contained file: images embedded as base64) into the run di
 """
 from __future__ import annotations
 
-import base64
 import csv
-import html
 import io
 import json
 from dataclasses import dataclass, field
@@ -127,68 +125,35 @@ def png_bytes(fig) -> bytes:
     return buf.getvalue()
 
 
-def _table(rows, header=None, cls="") -> str:
-    esc = lambda v: html.escape(f"{v:.4f}" if isinstance(v, float) else str(v))
-    head = "<tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>" if header else ""
-    body = "".join("<tr>" + "".join(f"<td>{esc(v)}</td>" for v in row) + "</tr>" for row in rows)
-    return f'<table class="{cls}">{head}{body}</table>'
-
-
-CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1150px;color:#222;padding:0 1em}
-h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
-table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ddd;padding:.25em .6em;text-align:right}
-th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}img{max-width:100%;display:block;margin:.5em 0}
-.headline{font-size:1.2em}.muted{color:#777}"""
-
-
 def render_html(run: RunRecord, pngs: dict[str, bytes]) -> str:
+    """report.html (templates/report.html.j2) from the run's records and its figures as PNG bytes."""
+    from .pages import render
+
     m, info, data = run.metrics, run.info, run.info.get("data", {})
-    test = m.get("test", {})
-    img = lambda name: (f'<img id="{name}" alt="{name}" src="data:image/png;base64,'
-                        f'{base64.b64encode(pngs[name]).decode()}">' if name in pngs else "")
-    headline = [("test accuracy", m.get("test_accuracy", "-")), ("test loss", m.get("test_loss", "-")),
-                ("test macro F1", m.get("test_macro_f1", "-")), ("test images", m.get("test_images", "-")),
-                ("best epoch", f"{m.get('best_epoch', '-')} of {m.get('epochs_run', '-')}"),
-                ("best validation accuracy", m.get("best_val_accuracy", "-")),
-                ("parameters", f"{info.get('params', 0):,}")]
-    per_class = [(c, v["precision"], v["recall"], v["f1"], v["support"]) for c, v in test.get("per_class", {}).items()]
+    names = data.get("class_names", [])
     counts = data.get("counts", {})
-    count_rows = [(c, *[(counts.get(s) or [None] * len(data.get("class_names", [])))[i] or 0
-                        for s in ("train", "val", "test")]) for i, c in enumerate(data.get("class_names", []))]
-    skipped = data.get("skipped_files", {})
-    timings = [(k, f"{v:,.1f}") for k, v in info.get("timings", {}).items()]
-    hist_keys = list(run.history)
-    hist_rows = [(i + 1, *[run.history[k][i] for k in hist_keys]) for i in range(len(next(iter(run.history.values()), [])))]
-    parts = [
-        f"<!doctype html><html lang=en><head><meta charset=utf-8><title>imgtrain report: {html.escape(run.name)}</title>"
-        f"<style>{CSS}</style></head><body>",
-        f"<h1>{html.escape(run.name)}</h1><p class=headline>{html.escape(str(run.config.get('model')))} on "
-        f"{html.escape(str(run.config.get('dataset')))} · status {html.escape(str(info.get('status')))} · "
-        f"started {html.escape(str(info.get('started', '-')))}</p>",
-        (f'<p>a trial of the search <a href="../tune.html">{html.escape(run.path.parent.name)}</a></p>'
-         if (run.path.parent / "study.db").is_file() else ""),
-        '<h2>Metrics</h2>', _table(headline, cls="metrics"),
-        "<h2>Training curves</h2>", img("curves"),
-        "<h2>Per class</h2>", img("per_class"),
-        _table(per_class, ["class", "precision", "recall", "F1", "support"], cls="per-class"),
-        "<h2>Confusion matrix</h2>", img("confusion"),
-        "<h2>Top losses</h2>", img("misclassified"),
-        "<h2>Data</h2>",
-        _table([("dataset", data.get("name")), ("source", data.get("source")), ("sha256", data.get("hash")),
-                ("input shape", data.get("input_shape")), ("streamed", data.get("streamed")),
-                ("skipped files", data.get("skipped", 0))]),
-        _table(count_rows, ["class", "train", "val", "test"], cls="counts"),
-        "".join(f"<p class=muted>{html.escape(n)}</p>" for n in data.get("notes", [])),
-        (_table(list(skipped.items())[:100], ["skipped file", "reason"], cls="skipped") if skipped else ""),
-        img("samples"),
-        "<h2>History</h2>", _table(hist_rows, ["epoch", *hist_keys], cls="history"),
-        "<h2>Timings (seconds)</h2>", _table(timings),
-        ("<h2>Distribution</h2>" + _table(list(info["distribution"].items())) if info.get("distribution") else ""),
-        "<h2>Config</h2>", _table([(k, json.dumps(v)) for k, v in run.config.items()], cls="config"),
-        "<h2>Versions</h2>", _table(list(info.get("versions", {}).items())),
-        "</body></html>",
-    ]
-    return "\n".join(parts)
+    per_split = {s: counts.get(s) or [0] * len(names) for s in ("train", "val", "test")}
+    steps = len(next(iter(run.history.values()), []))
+    return render(
+        "report.html.j2", name=run.name, model=run.config.get("model"), dataset=run.config.get("dataset"),
+        status=info.get("status"), started=info.get("started", "-"), pngs=pngs,
+        search=run.path.parent.name if (run.path.parent / "study.db").is_file() else None,
+        headline=[("test accuracy", m.get("test_accuracy", "-")), ("test loss", m.get("test_loss", "-")),
+                  ("test macro F1", m.get("test_macro_f1", "-")), ("test images", m.get("test_images", "-")),
+                  ("best epoch", f"{m.get('best_epoch', '-')} of {m.get('epochs_run', '-')}"),
+                  ("best validation accuracy", m.get("best_val_accuracy", "-")),
+                  ("parameters", f"{info.get('params', 0):,}")],
+        per_class=[(c, v["precision"], v["recall"], v["f1"], v["support"])
+                   for c, v in m.get("test", {}).get("per_class", {}).items()],
+        data_rows=[("dataset", data.get("name")), ("source", data.get("source")), ("sha256", data.get("hash")),
+                   ("input shape", data.get("input_shape")), ("streamed", data.get("streamed")),
+                   ("skipped files", data.get("skipped", 0))],
+        counts=[(c, *[per_split[s][i] or 0 for s in per_split]) for i, c in enumerate(names)],
+        notes=data.get("notes", []), skipped=list(data.get("skipped_files", {}).items())[:100],
+        history_keys=list(run.history), history=[(i + 1, *[v[i] for v in run.history.values()]) for i in range(steps)],
+        timings=[(k, f"{v:,.1f}") for k, v in info.get("timings", {}).items()],
+        distribution=list(info.get("distribution", {}).items()),
+        config=[(k, json.dumps(v)) for k, v in run.config.items()], versions=list(info.get("versions", {}).items()))
 
 
 def write_report(run_dir: str | Path, ds=None) -> Path:

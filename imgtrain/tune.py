@@ -11,7 +11,6 @@ Import after choosing the Keras backend (the pruning callback is a Keras callbac
 from __future__ import annotations
 
 import fcntl
-import html
 import inspect
 import logging
 import math
@@ -310,57 +309,27 @@ def write_outputs(study: optuna.Study, cfg: TrainConfig, study_dir: Path) -> Tun
 
 def render_html(study_dir: Path, cfg: TrainConfig, rows: list[dict], best: dict | None, scores: dict,
                 pngs: dict[str, bytes], names: list[str], best_path: Path | None) -> str:
-    import base64
+    """tune.html (templates/tune.html.j2): every trial with its parameters and a link to its run, the plots, the
+    importances, the search space and the base config."""
+    from .pages import render
 
-    from .report import CSS, _table
-
-    esc = html.escape
-    img = lambda key: f'<img id="{key}" alt="{key}" src="data:image/png;base64,{base64.b64encode(pngs[key]).decode()}">'
     counts = {s: sum(r["state"] == s for r in rows) for s in ("complete", "pruned", "fail", "running")}
-
-    def cell(v):
-        return esc(f"{v:.4g}" if isinstance(v, float) else "-" if v is None else str(v))
-
-    def link(run_dir):
-        if not run_dir:
-            return "-"
-        rel = Path(run_dir).name
-        target = f"{rel}/report.html" if (Path(run_dir) / "report.html").is_file() else f"{rel}/"
-        return f'<a href="{esc(target)}">{esc(rel)}</a>'
-
-    head = ["trial", "state", f"best {cfg.monitor}", *names, "epochs", "seconds", "run"]
-    body = "".join(
-        f"<tr{' class=best' if best and r['number'] == best['number'] else ''}><td>{r['number']}</td>"
-        f"<td>{esc(r['state'])}{' (retry of ' + str(r['retry_of']) + ')' if r['retry_of'] is not None else ''}</td>"
-        f"<td>{cell(r['value'])}</td>" + "".join(f"<td>{cell(r['params'].get(n))}</td>" for n in names)
-        + f"<td>{cell(r['epochs_run'])}</td><td>{cell(round(r['seconds']) if r['seconds'] else None)}</td>"
-        f"<td>{link(r['run_dir'])}</td></tr>"
-        for r in rows)
-    trial_table = ("<table class=trials><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + f"</tr>{body}"
-                   "</table>")
-    space = [(n, SPACE[n][0], ", ".join(map(str, SPACE[n][1]))) for n in names]
+    trials = []
+    for r in rows:
+        state = r["state"] + (f" (retry of {r['retry_of']})" if r["retry_of"] is not None else "")
+        run = Path(r["run_dir"]).name if r["run_dir"] else None
+        link = None if run is None else f"{run}/report.html" if (Path(r["run_dir"]) / "report.html").is_file() \
+            else f"{run}/"
+        trials.append({"best": bool(best and r["number"] == best["number"]), "run": run, "link": link,
+                       "cells": [r["number"], state, r["value"], *[r["params"].get(n) for n in names],
+                                 r["epochs_run"], round(r["seconds"]) if r["seconds"] else None]})
     best_text = (f"trial {best['number']}: best {cfg.monitor} {best['value']:.4f} "
                  f"({Path(best['run_dir']).name})" if best else "no complete trial yet")
-    parts = [
-        f"<!doctype html><html lang=en><head><meta charset=utf-8><title>imgtrain search: {esc(study_dir.name)}"
-        f"</title><style>{CSS}.best td{{background:#eef7ee}}</style></head><body>",
-        f"<h1>{esc(study_dir.name)}</h1><p class=headline>{esc(cfg.model)} on {esc(cfg.dataset)} · "
-        f"{len(rows)} trials: {counts['complete']} complete, {counts['pruned']} pruned, {counts['fail']} failed"
-        f"{', ' + str(counts['running']) + ' running' if counts['running'] else ''} · best {esc(best_text)}</p>",
-        f"<p>best config: <code>{esc(str(best_path))}</code> — <code>imgtrain train --config {esc(str(best_path))}"
-        "</code></p>" if best_path else "",
-        "<h2>Trials</h2>", trial_table,
-        "<h2>Optimisation history</h2>", img("history"),
-        "<h2>Parameter importances</h2>", img("importances"),
-        f"<p class=muted>from the {counts['complete']} complete trials; with few trials they are rough</p>"
-        if scores else "",
-        _table([(k, f"{v:.3f}") for k, v in scores.items()], ["parameter", "importance"]) if scores else "",
-        "<h2>Search space</h2>", _table(space, ["parameter", "sampled", "range or values"]),
-        f"<p class=muted>sampler TPE (seeded from seed {cfg.seed} and the trials so far); median pruner on "
-        f"{esc(cfg.monitor)} after {STARTUP_TRIALS} trials and from epoch {WARMUP_EPOCHS + 1}; study "
-        f"{esc(str(study_dir / 'study.db'))}</p>",
-        "<h2>Base config</h2>", _table([(k, yaml.safe_dump(v, default_flow_style=True).strip())
-                                        for k, v in cfg.model_dump(mode="json").items()], cls="config"),
-        "</body></html>",
-    ]
-    return "\n".join(parts)
+    return render(
+        "tune.html.j2", name=study_dir.name, model=cfg.model, dataset=cfg.dataset, counts={**counts, "total": len(rows)},
+        best_text=best_text, best_path=best_path, trials=trials, pngs=pngs,
+        head=["trial", "state", f"best {cfg.monitor}", *names, "epochs", "seconds", "run"],
+        importances=[(k, f"{v:.3f}") for k, v in scores.items()],
+        space=[(n, SPACE[n][0], ", ".join(map(str, SPACE[n][1]))) for n in names], seed=cfg.seed,
+        monitor=cfg.monitor, startup_trials=STARTUP_TRIALS, warmup_epochs=WARMUP_EPOCHS, study=study_dir / "study.db",
+        config=[(k, yaml.safe_dump(v, default_flow_style=True).strip()) for k, v in cfg.model_dump(mode="json").items()])

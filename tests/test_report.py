@@ -92,3 +92,20 @@ def test_runs_list_and_compare(tmp_path):
     # the report of an existing run can be (re)made later
     run_cli("report", tmp_path / "runs" / "a")
     assert (tmp_path / "runs" / "a" / "report.html").is_file()
+
+
+def test_report_escapes_every_name_that_comes_from_the_data(tmp_path):
+    """Class folders, file names and notes come from the user's disk: a folder named like a script must show as
+    text in report.html, never run (the page is rendered with Jinja2's autoescape)."""
+    from imgtrain.report import RunRecord, render_html
+
+    evil = "<script>alert(1)</script>"
+    scores = {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 3}
+    run = RunRecord(tmp_path / "run", {"model": "mlp", "dataset": f"folder:{evil}"},
+                    {"status": "done", "data": {"class_names": [evil, "b"], "notes": [f"skipped: {evil}"],
+                                                "skipped_files": {f"/d/{evil}.png": "not an image"}}},
+                    {"test": {"per_class": {evil: scores, "b": scores}}, "test_accuracy": 0.5})
+    page = render_html(run, {})
+    assert "<script>" not in page
+    assert page.count("&lt;script&gt;alert(1)&lt;/script&gt;") == 6  # title, headline, per class, counts, note, file
+    assert "<td>0.5000</td>" in page  # floats keep four decimals
