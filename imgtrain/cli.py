@@ -446,6 +446,10 @@ def export_model(
     if info["checked_images"]:
         typer.echo(f"checked on {info['checked_images']} test images: max |difference| {info['max_abs_diff']:.2e}, "
                    f"top-1 agreement {info['top1_agreement']:.4f}")
+    if "vs_trained" in info:  # a float32 graph of a model trained in mixed precision: what the conversion cost
+        vs = info["vs_trained"]
+        typer.echo(f"{info['precision']} export of a {info['trained_precision']} model: max |difference| from it as "
+                   f"trained {vs['max_abs_diff']:.2e}, top-1 agreement {vs['top1_agreement']:.4f}")
     typer.echo(f"preprocessing: {info['path']}.preprocessing.json")
 
 

@@ -1,11 +1,14 @@
 """`imgtrain export`: the model in another runtime's format, checked against Keras on real test images.
 
 Each export writes, beside the model, `<name>.preprocessing.json`: what a user of that file alone needs to feed it
-(input shape, layout, pixel range, colour mode, resize method, class names).
+(input shape, layout, pixel range, colour mode, resize method, class names) and the precision it computes in.
+
+A mixed-precision model (the demo and the presets train in mixed_bfloat16) stays mixed in `.keras`; the other formats
+get it computing in float32, which every runtime accepts. Each is checked against the same computation in Keras,
+and the JSON also says how far a float32 export is from the model as trained (`vs_trained`).
 """
 from __future__ import annotations
 
-import json
 import shutil
 import warnings
 from pathlib import Path
@@ -16,7 +19,7 @@ from .errors import ImgtrainError
 from .saving import atomic_write_json
 
 FORMATS = {"keras": ".keras", "savedmodel": "", "onnx": ".onnx", "tflite": ".tflite"}
-TOLERANCE = 1e-4  # max |p_export - p_keras| accepted for float32 exports
+TOLERANCE = 1e-4  # max |p_export - p_keras| accepted, p_keras from the same computation (same precision) in Keras
 
 
 def preprocessing(model, meta: dict) -> dict:
@@ -82,40 +85,107 @@ def check_images(target, meta: dict, n: int = 256) -> np.ndarray:
     return images_of(split, np.arange(min(n, len(split))), (h, w, c)).astype(np.float32)
 
 
+def _layers(model):
+    """Every layer of `model`, nested models' layers included."""
+    for layer in model.layers:
+        yield layer
+        yield from _layers(layer) if hasattr(layer, "layers") else ()
+
+
+def precision_of(model) -> str:
+    """The dtype policy the model computes in: "float32", or e.g. "mixed_bfloat16" (its float32 layers, such as the
+    input and a float32 softmax, do not count)."""
+    names = {layer.dtype_policy.name for layer in _layers(model)} - {"float32"}
+    return "+".join(sorted(names)) or "float32"
+
+
+def _agreement(got, want) -> dict:
+    """max |difference| of the probabilities, and the share of images with the same top-1 class."""
+    got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
+    if got.shape != want.shape:
+        raise ValueError(f"output shape {got.shape}, Keras gives {want.shape}")
+    return {"max_abs_diff": float(np.abs(got - want).max()),
+            "top1_agreement": float((got.argmax(1) == want.argmax(1)).mean())}
+
+
+def _remove(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+def _write(fmt: str, model, src: Path, meta: dict, tmp: Path) -> None:
+    """The export of `model` at `tmp`: the model file itself for `keras`, else the runtime's format."""
+    import keras
+
+    from .saving import save_model
+
+    if fmt == "keras":
+        shutil.copyfile(src, tmp) if src.suffix == ".keras" else save_model(model, tmp, meta)
+        return
+    # Keras' exporters trace `model(x)` with no training flag, and augmentation layers (RandomFlip, ...) default to
+    # training=True: the graph would transform every image at random (a SavedModel giving other answers than Keras,
+    # an ONNX file with a random op ONNX Runtime lacks). Calling the model with training=False leaves them out.
+    inputs = keras.Input(model.input_shape[1:], name=model.inputs[0].name)
+    serving = keras.Model(inputs, model(inputs, training=False), name=model.name)
+    serving(np.zeros((1, *model.input_shape[1:]), np.float32))  # the ONNX exporter needs a model called once
+    with warnings.catch_warnings():  # Keras' tf2onnx shim trips NumPy's np.object FutureWarning
+        warnings.simplefilter("ignore", FutureWarning)
+        serving.export(str(tmp), format={"savedmodel": "tf_saved_model", "tflite": "litert"}.get(fmt, fmt),
+                       verbose=False)
+
+
+def _first_line(err: BaseException) -> str:
+    line = next((s for s in str(err).splitlines() if s.strip()), "")
+    return f"{type(err).__name__}: {line[:300]}"
+
+
+def _write_checked(fmt: str, model, src: Path, meta: dict, path: Path, x, reference) -> tuple[dict, np.ndarray]:
+    """Write the export beside `path`, run it in its own runtime on `x`, and move it to `path` only if it gives
+    `reference` within TOLERANCE; returns the agreement and its outputs. A failure leaves nothing behind."""
+    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+    _remove(tmp)
+    try:
+        _write(fmt, model, src, meta, tmp)
+        got = _runner(fmt, tmp)(x)
+        check = _agreement(got, reference)
+    except Exception as err:  # exporters and runtimes (tf2onnx, ONNX Runtime, LiteRT) raise many types: one line
+        _remove(tmp)
+        raise ImgtrainError(f"{fmt} export failed: {_first_line(err)}") from None
+    except BaseException:  # Ctrl-C: no half-written export either
+        _remove(tmp)
+        raise
+    if check["max_abs_diff"] > TOLERANCE:
+        _remove(tmp)
+        raise ImgtrainError(f"{fmt} export disagrees with Keras: max |difference| {check['max_abs_diff']:.2e} > "
+                            f"{TOLERANCE:g} on {len(x)} images; nothing written")
+    if path.is_dir():  # a file is replaced atomically by the rename; a SavedModel folder has to go first
+        shutil.rmtree(path)
+    tmp.replace(path)
+    return check, got
+
+
 def export(target: str | Path, fmt: str, out: str | Path | None = None, check: int = 256) -> dict:
-    """Export a run's best model (or a model file) to `fmt`; returns paths and the agreement with Keras."""
+    """Export a run's best model (or a model file) to `fmt`; returns paths and the agreement with Keras.
+
+    `keras` is the model file as trained (mixed precision stays mixed), checked against that model. The other
+    formats get the model computing in float32, which every runtime accepts, checked against that float32 model in
+    Keras; for a mixed-precision model, `vs_trained` also says how far the export is from the model as trained."""
     from .saving import float32_copy, load_model, resolve_model_path
 
     if fmt not in FORMATS:
         raise ImgtrainError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
     src = resolve_model_path(target)
-    model, meta = load_model(src)
-    model = float32_copy(model)
+    trained, meta = load_model(src)
+    model = trained if fmt == "keras" else float32_copy(trained)
     out_dir = Path(out) if out else (Path(target) if Path(target).is_dir() else src.parent) / "export"
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"model{FORMATS[fmt]}" if fmt != "savedmodel" else out_dir / "saved_model"
     x = check_images(target, meta, check) if check else np.zeros((1, *model.input_shape[1:]), np.float32)
-    reference = model.predict(x, verbose=0)  # also builds the graph, which the ONNX exporter needs
-    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
-    shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
-    if fmt == "keras":
-        shutil.copyfile(src, tmp)
-    else:
-        with warnings.catch_warnings():  # Keras' tf2onnx shim trips NumPy's np.object FutureWarning
-            warnings.simplefilter("ignore", FutureWarning)
-            model.export(str(tmp), format={"savedmodel": "tf_saved_model", "tflite": "litert"}.get(fmt, fmt),
-                         verbose=False)
-    got = _runner(fmt, tmp)(x)
-    diff = float(np.abs(got - reference).max())
-    agree = float((got.argmax(1) == reference.argmax(1)).mean())
-    if diff > TOLERANCE:
-        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
-        raise ImgtrainError(f"{fmt} export disagrees with Keras: max |difference| {diff:.2e} > {TOLERANCE:g} "
-                            f"on {len(x)} images; nothing written")
-    if path.is_dir():
-        shutil.rmtree(path)
-    tmp.replace(path)
+    reference = model.predict(x, verbose=0)
+    as_trained = trained.predict(x, verbose=0) if model is not trained and check else None
+    agreement, got = _write_checked(fmt, model, src, meta, path, x, reference)
     info = {"format": fmt, "path": str(path), "source": str(src), "checked_images": int(len(x)) if check else 0,
-            "max_abs_diff": diff, "top1_agreement": agree, **preprocessing(model, meta)}
+            **agreement, "precision": precision_of(model), **preprocessing(model, meta)}
+    if as_trained is not None:  # what the float32 conversion cost, on the same images
+        info.update(trained_precision=precision_of(trained), vs_trained=_agreement(got, as_trained))
     atomic_write_json(out_dir / f"{path.name}.preprocessing.json", info)
     return info

@@ -124,20 +124,23 @@ def load_model(target: str | Path):
 
 
 def float32_copy(model):
-    """The same model computing in float32 (a mixed-precision one's variables are float32 already): exporters and
-    runtimes such as ONNX Runtime reject graphs that mix bfloat16 and float32 tensors."""
-    import keras
-
-    if all(layer.dtype_policy.name == "float32" for layer in model.layers):
-        return model
+    """The same model computing in float32, with the same weights (a mixed-precision model's variables are float32
+    already), or `model` itself when it computes in float32: exporters and runtimes such as ONNX Runtime reject
+    graphs that mix bfloat16 and float32 tensors. Nested models are converted too (their configs nest)."""
+    converted = []  # the policies replaced; none: the model computes in float32 already
 
     def plain(node):
         if isinstance(node, dict):
-            if node.get("class_name") == "DTypePolicy" and str(node.get("config", {}).get("name")).startswith("mixed"):
+            name = str(node.get("config", {}).get("name")) if node.get("class_name") == "DTypePolicy" else ""
+            if name.startswith("mixed_") or name in ("bfloat16", "float16"):
+                converted.append(name)
                 return {**node, "config": {**node["config"], "name": "float32"}}
             return {k: plain(v) for k, v in node.items()}
         return [plain(v) for v in node] if isinstance(node, list) else node
 
-    copy = model.__class__.from_config(plain(model.get_config()))
+    config = plain(model.get_config())
+    if not converted:
+        return model
+    copy = model.__class__.from_config(config)
     copy.set_weights(model.get_weights())
     return copy
