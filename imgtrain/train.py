@@ -232,13 +232,14 @@ def _train(cluster, t_start: float, extra: list) -> RunResult:
     agree(cluster, "the epoch to resume from", resume["epoch"] if resume else 0)
     log = run_logger(make_run_dir(run_dir) if cluster.chief else None)
     try:
-        return _fit_and_score(cluster, ds, model, weights, run_dir, log, t_start, resume, extra)
+        return _fit_and_score(cluster, ds, model, weights, run_dir, log, t_start, resume, extra, origin)
     except OSError as err:
         log.error("stopped by %s: %s", type(err).__name__, err)
-        if err.errno != errno.ENOSPC:
+        if err.errno not in (errno.ENOSPC, errno.EFBIG):  # EFBIG: over a quota or the file-size limit (ulimit -f)
             raise
-        raise ImgtrainError(f"disk full while writing {err.filename or run_dir}; every file already in {run_dir} "
-                            "is intact: free some space and run the same command to resume") from None
+        raise ImgtrainError(f"disk full or file too large while writing {err.filename or run_dir}; every file "
+                            f"already in {run_dir} is intact: free some space and run the same command to "
+                            "resume") from None
     except BaseException as err:
         log.error("stopped by %s: %s", type(err).__name__, err)
         raise

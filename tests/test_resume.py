@@ -1,12 +1,18 @@
 """A run killed at a random moment, then started again with the same command, ends exactly as an uninterrupted one."""
 import csv
+import errno
 import json
+import os
 import random
+import resource
 import signal
 import subprocess
 import time
 
+import pytest
 from conftest import IMGTRAIN, ROOT, run_cli
+
+from imgtrain.errors import ImgtrainError
 
 ARGS = ["train", "--dataset", "mnist", "--model", "cnn3", "--epochs", "4", "--train-limit", "3000", "--augment",
         "shift", "--no-report", "--set", "tensorboard=false", "--set", "early_stopping=3"]
@@ -61,25 +67,56 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path):
     assert other.returncode == 2 and "already holds a finished run" in other.stderr
 
 
-def test_disk_full_is_one_line_and_keeps_what_was_written(tmp_path):
-    disk = tmp_path / "small-disk"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(disk)], capture_output=True)
-    if mounted.returncode != 0:
-        import pytest
+def _file_size_limit(limit: int):
+    """For preexec_fn: writes past `limit` bytes fail with EFBIG (SIGXFSZ ignored), as on a full disk or quota."""
 
-        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
-        # cnn_small's checkpoint is ~10 MB: the config, run.json and logs fit in 6 MB, the first model does not
-        proc = run_cli("train", "--dataset", "mnist", "--model", "cnn_small", "--epochs", "1", "--train-limit", "600",
-                       "--no-report", "--out", disk / "run", check=False)
-        assert proc.returncode == 2
-        lines = proc.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: disk full while writing") and "intact" in lines[0]
-        assert json.loads((disk / "run" / "run.json").read_text())["status"] == "running"
-        assert not [p for p in (disk / "run").iterdir() if p.name.startswith(".")], "no half-written files left"
-    finally:
-        subprocess.run(["umount", str(disk)], check=True)
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def test_disk_full_is_one_line_and_keeps_what_was_written(tmp_path):
+    # cnn_small's checkpoint is ~10 MB: the config, run.json and logs fit under 4 MB a file, the first model does not
+    out = tmp_path / "run"
+    args = ["train", "--dataset", "mnist", "--model", "cnn_small", "--epochs", "1", "--train-limit", "600",
+            "--no-report", "--set", "tensorboard=false", "--out", str(out)]
+    proc = subprocess.run([*IMGTRAIN, *args], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          preexec_fn=_file_size_limit(4 << 20))
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: disk full or file too large while writing "), lines
+    assert lines[0].endswith(f"every file already in {out} is intact: free some space and run the same command "
+                             "to resume")
+    assert json.loads((out / "run.json").read_text())["status"] == "running"
+    assert "config.yaml" in {p.name for p in out.iterdir()} and not (out / "last.keras").exists()
+    assert not [p for p in out.iterdir() if p.name.startswith(".")], "no half-written files left"
+    run_cli(*args)  # room again (no limit): the same command finishes the run
+    assert json.loads((out / "run.json").read_text())["status"] == "done" and (out / "best.keras").is_file()
+
+
+@pytest.mark.parametrize("code, raised", [(errno.ENOSPC, ImgtrainError), (errno.EACCES, PermissionError)])
+def test_no_space_left_is_reported_the_same_way_and_other_os_errors_are_not(tmp_path, code, raised):
+    """ENOSPC (a full disk, which the test above cannot make without mounting one) is told as disk full too; an
+    error of another kind surfaces as it is, not dressed up as a full disk."""
+    import keras
+
+    from imgtrain import train
+
+    class Fail(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raise OSError(code, os.strerror(code), str(tmp_path / "r" / "last.keras"))
+
+    with pytest.raises(raised) as err:
+        train(dataset="mnist", model="mlp", epochs=1, train_limit=600, out=str(tmp_path / "r"), callbacks=[Fail()],
+              tensorboard=False, report=False, verbose="quiet")
+    if code == errno.ENOSPC:
+        assert str(err.value) == (f"disk full or file too large while writing {tmp_path / 'r' / 'last.keras'}; every "
+                                  f"file already in {tmp_path / 'r'} is intact: free some space and run the same "
+                                  "command to resume")
+    else:
+        assert err.value.errno == errno.EACCES
 
 
 def test_a_run_that_early_stopping_ended_is_not_trained_further(tmp_path):

@@ -1,8 +1,12 @@
 """Odd files, hostile inputs, divergence and reproducibility: each decoded right, or refused with a reason."""
+import collections
+import functools
 import io
 import json
 import os
+import struct
 import zipfile
+import zlib
 
 import numpy as np
 import pytest
@@ -13,7 +17,7 @@ from PIL import Image
 from conftest import run_cli
 from imgtrain import load_dataset, train
 from imgtrain.config import make_config, parse_assignment
-from imgtrain.data.images import DECODE_ERRORS, decode
+from imgtrain.data.images import DECODE_ERRORS, MAX_PIXELS, ImageTooLarge, decode, try_decode
 from imgtrain.errors import ConfigError, DataError, ImgtrainError
 
 
@@ -62,12 +66,14 @@ def odd_folder(tmp_path_factory):
 
 def test_odd_images_decode_or_are_skipped_with_a_reason(odd_folder):
     ds = load_dataset(f"folder:{odd_folder}", val_split=0, test_split=0, image_size=(20, 30), channels=3)
-    assert ds.class_names == ["cat", "dog", "empty"]
-    assert ds.train.counts(3) == [10, 4, 0], "every readable image kept"
+    assert ds.class_names == ["cat", "dog"], "an empty class folder is not a class"
+    assert ds.train.counts(2) == [10, 4], "every readable image kept"
     reasons = {os.path.basename(p): r for p, r in ds.skipped.items()}
-    assert set(reasons) == {"empty.jpg", "text.jpg", "truncated.png", "bomb.png", "loop_a.jpg", "loop_b.jpg"}, reasons
+    assert set(reasons) == {"empty.jpg", "text.jpg", "truncated.png", "bomb.png", "loop_a.jpg", "loop_b.jpg",
+                            "empty"}, reasons
     assert "over the limit" in reasons["bomb.png"]
-    assert "classes with no training images: empty" in ds.notes
+    assert reasons["empty"] == "class folder with no training images (no image files): skipped"
+    assert "skipped 1 class with no training images: empty" in ds.notes
 
 
 def test_odd_modes_decode_to_the_right_pixels(odd_folder):
@@ -108,21 +114,196 @@ def test_csv_paths_cannot_leave_the_dataset_root(tmp_path):
         _save(Image.new("L", (8, 8), 9), tmp_path / "data" / name)
     _save(Image.new("L", (8, 8), 9), tmp_path / "secret.png")
     table = tmp_path / "data" / "t.csv"
-    table.write_text(f"path,label\na.png,x\nb.png,y\nc.png,x\nd.png,y\n../secret.png,x\n{tmp_path / 'secret.png'},y\n")
+    os.symlink(tmp_path / "secret.png", tmp_path / "data" / "link.png")
+    table.write_text(f"path,label\na.png,x\nb.png,y\nc.png,x\nd.png,y\n../secret.png,x\n{tmp_path / 'secret.png'},y\n"
+                     "link.png,x\n")
     ds = load_dataset(f"csv:{table}", val_split=0, test_split=0)
-    assert len(ds.train) == 4 and len(ds.skipped) == 2
-    assert all("outside the dataset root" in r for r in ds.skipped.values())
-    assert len(load_dataset(f"csv:{table}", val_split=0, test_split=0, allow_outside_root=True).train) == 6
+    assert len(ds.train) == 4 and len(ds.skipped) == 3
+    # the folder loader gives the same reason for a symlink out (test_data.py)
+    reason = f"outside the dataset root {(tmp_path / 'data').resolve()} (allow_outside_root: true to read it)"
+    assert set(ds.skipped.values()) == {reason}
+    assert len(load_dataset(f"csv:{table}", val_split=0, test_split=0, allow_outside_root=True).train) == 7
 
 
-@settings(max_examples=1500, deadline=None)
-@given(st.binary(max_size=300))
-def test_decoder_never_fails_in_an_unexpected_way_on_arbitrary_bytes(data):
-    try:
-        out = decode(data, (8, 8), 1)
-    except DECODE_ERRORS:
-        return
-    assert out.shape == (8, 8, 1) and out.dtype == np.uint8
+# ----- the decoder on damaged real images -----
+# Each case starts from a valid file (real MNIST digits and a generated photo-like image in every format the loader
+# reads, in the modes the decoder treats specially) and damages it: cuts it short, flips bits in the header or the
+# body, or rewrites the size the header states. PNG chunks get their CRCs recomputed, so that the damage reaches the
+# decoder instead of stopping at Pillow's checksum test.
+
+def _png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    pos, chunks = 8, []
+    while pos + 8 <= len(data):
+        (size,) = struct.unpack(">I", data[pos:pos + 4])
+        chunks.append((data[pos + 4:pos + 8], data[pos + 8:pos + 8 + size]))
+        pos += 12 + size
+    return chunks
+
+
+def _png_join(chunks) -> bytes:
+    out = bytearray(b"\x89PNG\r\n\x1a\n")
+    for kind, body in chunks:
+        out += struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    return bytes(out)
+
+
+def _state_size(fmt: str, data: bytes, w: int, h: int) -> bytes:
+    """The file with its header claiming w x h pixels."""
+    b = bytearray(data)
+    if fmt == "PNG":
+        (kind, ihdr), *rest = _png_chunks(data)
+        return _png_join([(kind, struct.pack(">II", w, h) + ihdr[8:]), *rest])
+    if fmt == "JPEG":  # the frame header (SOF0/1/2): precision, height, width
+        i = 2
+        while i + 9 <= len(b) and b[i] == 0xFF:
+            if b[i + 1] in (0xC0, 0xC1, 0xC2):
+                b[i + 5:i + 9] = struct.pack(">HH", h, w)
+                break
+            i += 2 + struct.unpack(">H", b[i + 2:i + 4])[0]
+    elif fmt == "GIF":  # the logical screen, then the first image descriptor after the colour table and extensions
+        b[6:10] = struct.pack("<HH", w, h)
+        i = 13 + (3 << ((b[10] & 7) + 1) if b[10] & 0x80 else 0)
+        while i < len(b) and b[i] == 0x21:
+            i += 2
+            while i < len(b) and b[i]:
+                i += b[i] + 1
+            i += 1
+        if i + 9 <= len(b) and b[i] == 0x2C:
+            b[i + 5:i + 9] = struct.pack("<HH", w, h)
+    elif fmt == "BMP":  # a negative height means top-down rows
+        b[18:26] = struct.pack("<ii", w, -h if h % 2 else h)
+    elif fmt == "WEBP":
+        if b[12:16] == b"VP8L":  # 14 bits each of width - 1 and height - 1
+            (bits,) = struct.unpack("<I", b[21:25])
+            bits = (bits & ~0xFFFFFFF) | ((w - 1) & 0x3FFF) | (((h - 1) & 0x3FFF) << 14)
+            b[21:25] = struct.pack("<I", bits)
+        elif b[12:16] == b"VP8 ":
+            b[26:30] = struct.pack("<HH", w & 0x3FFF, h & 0x3FFF)
+    return bytes(b)
+
+
+@functools.lru_cache(maxsize=1)
+def _fuzz_seeds() -> list[tuple[str, bytes, np.ndarray | None]]:
+    """(format, file bytes, the pixels decode must return at the file's own size, or None for lossy files)."""
+    digits = load_dataset("mnist", val_split=0, test_limit=3).test.x[..., 0]
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[0:24, 0:32]
+    photo = np.clip(np.stack([xx * 8, yy * 10, (xx + yy) * 4], -1) + rng.integers(0, 40, (24, 32, 3)), 0, 255)
+    photo = photo.astype(np.uint8)
+
+    def encode(img: Image.Image, fmt: str, **kw) -> bytes:
+        buf = io.BytesIO()
+        img.save(buf, format=fmt, **kw)
+        return buf.getvalue()
+
+    seeds = []
+    for d in digits:
+        im = Image.fromarray(d)
+        seeds += [("PNG", encode(im, "PNG"), d), ("GIF", encode(im, "GIF"), d), ("BMP", encode(im, "BMP"), d),
+                  ("WEBP", encode(im, "WEBP", lossless=True), d), ("JPEG", encode(im, "JPEG", quality=90), None),
+                  ("PNG", encode(Image.fromarray(d.astype(np.uint16) * 257), "PNG"), d)]  # 16-bit grey
+    im = Image.fromarray(photo)
+    rgba = im.convert("RGBA")
+    rgba.putalpha(Image.fromarray(np.where(xx < 16, 255, 0).astype(np.uint8)))  # right half transparent
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    frames = [im, Image.fromarray(255 - photo)]
+    seeds += [("PNG", encode(im, "PNG"), photo), ("BMP", encode(im, "BMP"), photo),
+              ("PNG", encode(rgba, "PNG"), np.where(xx[..., None] < 16, photo, 0).astype(np.uint8)),
+              ("PNG", encode(im.convert("P"), "PNG"), None), ("PNG", encode(im.convert("LA"), "PNG"), None),
+              ("JPEG", encode(im, "JPEG", progressive=True), None), ("JPEG", encode(im, "JPEG", exif=exif), None),
+              ("JPEG", encode(im.convert("CMYK"), "JPEG"), None), ("WEBP", encode(im, "WEBP", quality=80), None),
+              ("GIF", encode(frames[0], "GIF", save_all=True, append_images=frames[1:]), None)]
+    return seeds
+
+
+def _damage(rng: np.random.Generator, fmt: str, data: bytes) -> tuple[str, bytes]:
+    kind = str(rng.choice(["cut", "flip header", "flip body", "state size"], p=[0.25, 0.2, 0.35, 0.2]))
+    if kind == "cut":
+        return kind, data[:int(rng.integers(1, len(data)))]
+    if kind == "state size":
+        big = rng.random() < 0.1  # mostly between imgtrain's limit (64 M pixels) and Pillow's refusal (179 M)
+        w, h = rng.integers(7000, 14000, 2) if big else rng.integers(1, 3000, 2)
+        return kind, _state_size(fmt, data, int(w), int(h))
+    b = bytearray(data)
+    lo, hi = (0, min(64, len(b))) if kind == "flip header" else (min(64, len(b) - 1), len(b))
+    for _ in range(int(rng.integers(1, 9))):
+        b[int(rng.integers(lo, hi))] ^= 1 << int(rng.integers(8))
+    if fmt == "PNG" and bytes(b[:8]) == data[:8] and rng.random() < 0.8:
+        try:
+            b = bytearray(_png_join(_png_chunks(bytes(b))))
+        except (struct.error, ValueError):
+            pass
+    return kind, bytes(b)
+
+
+def _raised_in_pillow(err: BaseException) -> bool:
+    tb = err.__traceback__
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return os.path.dirname(tb.tb_frame.f_code.co_filename) == os.path.dirname(Image.__file__)
+
+
+def test_every_fuzz_seed_decodes_to_its_pixels():
+    for fmt, data, pixels in _fuzz_seeds():
+        with Image.open(io.BytesIO(data)) as im:
+            assert im.format == fmt
+        channels = 1 if pixels is None or pixels.ndim == 2 else 3
+        h, w = pixels.shape[:2] if pixels is not None else Image.open(io.BytesIO(data)).size[::-1]
+        out = decode(data, (h, w), channels)
+        assert out.shape == (h, w, channels) and out.dtype == np.uint8
+        if pixels is not None:
+            assert np.array_equal(out, pixels.reshape(out.shape)), fmt
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning", "ignore::UserWarning:PIL.TiffImagePlugin")
+def test_damaged_real_images_decode_or_raise_a_decode_error_from_pillow(tmp_path):
+    """3,000 damaged files: each one decodes to an array of the asked shape, or fails with one of DECODE_ERRORS
+    raised inside Pillow (or imgtrain's own pixel limit), which try_decode turns into a one-line reason. Measured
+    here: 76 % of the cases get past format detection (so the damage reaches the decoders) and 24 % decode."""
+    rng = np.random.default_rng(20261124)
+    seeds = _fuzz_seeds()
+    tally, unexpected = collections.Counter(), []
+    for case in range(3000):
+        fmt, original, _ = seeds[int(rng.integers(len(seeds)))]
+        kind, data = _damage(rng, fmt, original)
+        size, channels = (int(rng.integers(1, 41)), int(rng.integers(1, 41))), int(rng.choice([1, 3]))
+        stated = 0
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                tally["identified", fmt] += 1
+                stated = im.width * im.height
+        except DECODE_ERRORS:
+            pass
+        tally["cases", fmt] += 1
+        try:
+            out = decode(data, size, channels)
+        except DECODE_ERRORS as err:
+            if stated > MAX_PIXELS:  # a header past the limit is refused before any pixel is decoded
+                tally["over the limit", fmt] += 1
+                if not isinstance(err, ImageTooLarge):
+                    unexpected.append((case, fmt, kind, repr(err), "not refused as too large"))
+            arr, reason = try_decode(data, size, channels)  # what a dataset records for a skipped file
+            message = str(err).strip()
+            if not ((_raised_in_pillow(err) or isinstance(err, ImageTooLarge)) and arr is None and message
+                    and reason.startswith(f"{type(err).__name__}: {message[:20]}") and "\n" not in reason):
+                unexpected.append((case, fmt, kind, repr(err), reason))
+            continue
+        except Exception as err:  # noqa: BLE001 - anything else is the finding
+            (tmp_path / f"case{case}.{fmt.lower()}").write_bytes(data)
+            unexpected.append((case, fmt, kind, repr(err), str(tmp_path / f"case{case}.{fmt.lower()}")))
+            continue
+        assert out.shape == (*size, channels) and out.dtype == np.uint8, (case, fmt, kind, out.shape)
+        assert stated <= MAX_PIXELS, (case, fmt, kind, stated)
+        tally["decoded", fmt] += 1
+    assert not unexpected, unexpected[:5]
+    total = {key: sum(n for (what, _), n in tally.items() if what == key)
+             for key in ("cases", "identified", "decoded", "over the limit")}
+    assert total["identified"] >= 0.5 * total["cases"], total
+    # some damage is harmless (a flipped pixel), most is not: a decoder that hid errors would "decode" nearly all
+    assert 0.15 * total["cases"] <= total["decoded"] <= 0.5 * total["cases"] and total["over the limit"] >= 5, total
+    for fmt in ("PNG", "JPEG", "GIF", "BMP", "WEBP"):
+        assert tally["identified", fmt] >= 0.3 * tally["cases", fmt] and tally["decoded", fmt] > 0, (fmt, tally)
 
 
 @settings(max_examples=300, deadline=None)
@@ -163,15 +344,31 @@ def test_config_parser_accepts_or_says_why_in_one_line(values):
     assert cfg.epochs > 0 and cfg.batch_size > 0 and 0 <= cfg.val_split < 1
 
 
-@settings(max_examples=500, deadline=None)
+# (text after '=', the value --set must give): YAML's reading, and the text itself where it is not valid YAML
+ASSIGNED = [("64", 64), ("0.003", 0.003), ("1.5e-3", 0.0015), ("true", True), ("off", False), ("null", None),
+            ("", None), ("adamw", "adamw"), ("'64'", "64"), ("[16, 32, 64]", [16, 32, 64]),
+            ("{dropout: 0.3, bn: true}", {"dropout": 0.3, "bn": True}), (" 7 ", 7), ("x=y", "x=y"),
+            ("[1,", "[1,"), ("a: b: c", "a: b: c")]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.from_regex(r"[a-z_][a-z0-9_]{0,11}", fullmatch=True), min_size=1, max_size=3),
+       st.sampled_from(ASSIGNED), st.sampled_from(["", " "]))
+def test_set_assignments_split_the_key_on_dots_and_read_the_value_as_yaml(parts, assigned, pad):
+    raw, value = assigned
+    assert parse_assignment(f"{pad}{'.'.join(parts)}{pad}={raw}") == (parts, value)
+
+
+@settings(max_examples=300, deadline=None)
 @given(st.text(max_size=30))
 def test_set_assignments_parse_or_say_why(text):
-    try:
-        keys, _ = parse_assignment(text)
-    except ConfigError as err:
-        assert "KEY=VALUE" in str(err)
-        return
-    assert keys and all(isinstance(k, str) for k in keys)
+    key, sep, _ = text.partition("=")
+    if not sep or not key:
+        with pytest.raises(ConfigError) as err:
+            parse_assignment(text)
+        assert str(err.value) == f"--set expects KEY=VALUE (got {text!r})"
+    else:
+        assert parse_assignment(text)[0] == key.strip().split(".")  # everything before the first '=', on dots
 
 
 def test_a_model_file_that_would_run_code_is_refused(tmp_path, mnist_run):

@@ -103,19 +103,77 @@ def test_streamed_folder_trains_and_scores_with_flip_tta(fashion_files, tmp_path
     assert np.abs(predict_probs(run.model, test)[0] - saved).max() > 1e-3  # the saved scores are the TTA ones
 
 
-def test_onecycle_warms_up_then_anneals(tmp_path):
-    run = train(dataset="mnist", model="mlp", epochs=4, train_limit=2000, learning_rate=0.01, out=str(tmp_path / "r"),
-                tensorboard=False, verbose="quiet")
-    lr = run.history["learning_rate"]
-    assert lr[0] > 0.01 / 25 and lr[0] <= 0.01 + 1e-9  # end of epoch 1 lies in the warm-up
-    assert lr[1] > lr[2] > lr[3] and lr[3] < 1e-5
+def test_history_logs_the_rate_each_epoch_trained_with(tmp_path):
+    """learning_rate is the rate of the epoch's first step, learning_rate_end that of its last: a step decay shows
+    each epoch's own rate (not the next epoch's), a one-cycle run its warm-up start and its annealed end."""
+    kw = dict(dataset="mnist", model="mlp", train_limit=2000, tensorboard=False, report=False, verbose="quiet")
+    step = train(epochs=3, schedule="step", step_epochs=1, step_gamma=0.1, learning_rate=0.01,
+                 out=str(tmp_path / "step"), **kw).history
+    assert step["learning_rate"] == pytest.approx([0.01, 0.001, 0.0001], rel=1e-5)
+    assert step["learning_rate_end"] == pytest.approx([0.01, 0.001, 0.0001], rel=1e-5)
+    # 1,800 training images, batch 128: 15 steps an epoch, 60 in all, the first 15 (25 %) warming up
+    cycle = train(epochs=4, learning_rate=0.01, out=str(tmp_path / "cycle"), **kw).history
+    assert cycle["learning_rate"][0] == pytest.approx(0.01 / 25, rel=1e-5)  # onecycle starts at peak / 25
+    assert cycle["learning_rate_end"][0] == pytest.approx(0.0004 + (0.01 - 0.0004) * 14 / 15, rel=1e-5)
+    assert cycle["learning_rate"][1] == pytest.approx(0.01, rel=1e-5)  # the peak, right after the warm-up
+    assert cycle["learning_rate"][1] > cycle["learning_rate"][2] > cycle["learning_rate"][3]
+    assert cycle["learning_rate_end"][3] < 2e-5  # annealed towards peak * 1e-4 at the very last step
+    rows = list(csv.DictReader(open(tmp_path / "cycle" / "history.csv")))
+    assert float(rows[0]["learning_rate"]) == pytest.approx(0.0004, rel=1e-5)
 
 
-def test_early_stopping_class_weights_and_label_smoothing(tmp_path):
+def test_early_stopping_ends_a_run_that_stops_improving(tmp_path):
     run = train(dataset="mnist", model="mlp", epochs=6, train_limit=1000, schedule="constant", learning_rate=1e-9,
-                early_stopping=1, class_weight="balanced", label_smoothing=0.1, out=str(tmp_path / "r"),
-                tensorboard=False, verbose="quiet")
+                early_stopping=1, out=str(tmp_path / "r"), tensorboard=False, report=False, verbose="quiet")
     assert run.metrics["epochs_run"] == 2, "no improvement at a learning rate of 1e-9 stops after the patience"
+
+
+def test_balanced_and_named_class_weights_are_exact():
+    from types import SimpleNamespace
+
+    from imgtrain.train import class_weights
+
+    # 6 cats, 3 dogs, 1 eel: balanced weight n / (classes * count) = 10/18, 10/9, 10/3
+    ds = SimpleNamespace(train=SimpleNamespace(y=np.array([0] * 6 + [1] * 3 + [2])), class_names=["cat", "dog", "eel"],
+                         num_classes=3)
+    assert class_weights("balanced", ds) == pytest.approx({0: 10 / 18, 1: 10 / 9, 2: 10 / 3}, rel=1e-12)
+    assert class_weights({"dog": 4.0, "2": 0.5}, ds) == {0: 1.0, 1: 4.0, 2: 0.5}  # by name or index; others 1
+    assert class_weights("none", ds) is None
+
+
+@pytest.fixture(scope="module")
+def weighted_runs(tmp_path_factory):
+    """mlp, one epoch on 2,000 MNIST images: without class weights, and with weight 30 on class 3, once with integer
+    labels and once with one-hot labels and label smoothing 0.1 (the other loss path)."""
+    base = tmp_path_factory.mktemp("weighted")
+    kw = dict(dataset="mnist", model="mlp", epochs=1, train_limit=2000, tensorboard=False, report=False,
+              verbose="quiet")
+    return {(smoothing, weighted): train(label_smoothing=smoothing, class_weight={"3": 30.0} if weighted else "none",
+                                         out=str(base / f"{smoothing}-{weighted}"), **kw)
+            for smoothing, weighted in ((0.0, False), (0.0, True), (0.1, True))}
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_a_heavy_class_weight_makes_the_model_predict_that_class(weighted_runs, smoothing):
+    from imgtrain.evaluate import predict_arrays
+
+    test = load_dataset("mnist", val_split=0, test_limit=2000).test
+    threes = {weighted: int((predict_arrays(weighted_runs[key].model, test.x).argmax(1) == 3).sum())
+              for weighted, key in ((False, (0.0, False)), (True, (smoothing, True)))}
+    # measured: 270 of 2,000 without weights (202 are threes), 1,999 (1,998 with smoothing) with weight 30
+    assert threes[False] < 400 and threes[True] > 1500, threes
+
+
+def test_label_smoothing_is_the_loss_the_model_trained_with(weighted_runs):
+    """On a known prediction, the compiled loss is the cross-entropy against (1 - eps) * one-hot + eps / classes."""
+    p = np.full((1, 10), 0.05, np.float32)
+    p[0, 0] = 0.55
+    target = np.full(10, 0.1 / 10)
+    target[0] += 0.9
+    smoothed = weighted_runs[(0.1, True)].model.loss(np.eye(10, dtype=np.float32)[[0]], p)
+    assert float(smoothed) == pytest.approx(-(target * np.log(p[0])).sum(), rel=1e-5)  # 0.8136
+    plain = weighted_runs[(0.0, True)].model.loss(np.array([0]), p)
+    assert float(plain) == pytest.approx(-np.log(0.55), rel=1e-5)  # 0.5978
 
 
 def test_existing_run_is_never_overwritten(mnist_run):
@@ -129,9 +187,18 @@ def test_existing_run_is_never_overwritten(mnist_run):
 def test_plateau_halves_the_learning_rate_and_explicit_class_weights(tmp_path):
     run = train(dataset="mnist", model="mlp", epochs=3, train_limit=1000, schedule="constant", learning_rate=1e-9,
                 reduce_lr_patience=1, reduce_lr_factor=0.5, min_lr=0.0, class_weight={"0": 2.0, "7": 0.5},
-                out=str(tmp_path / "r"), tensorboard=False, report=False, verbose="quiet")
-    lr = run.history["learning_rate"]  # logged before the plateau callback acts at the end of an epoch
-    assert lr[0] == pytest.approx(1e-9) and lr[2] == pytest.approx(5e-10, rel=1e-3)
+                model_options={"dropout": 0.0}, out=str(tmp_path / "r"), tensorboard=False, report=False,
+                verbose="quiet")
+    # At 1e-9 the weights stay where they started, and without dropout the epoch's training loss is the mean over
+    # the 900 training images of weight(class) * cross-entropy: 2.3897 here, where unweighted it would be 2.3552.
+    from imgtrain.evaluate import predict_arrays
+
+    train_split = load_dataset("mnist", train_limit=1000).train  # the run's split: val_split 0.1, seed 0
+    p = predict_arrays(run.model, train_split.x)[np.arange(len(train_split)), train_split.y]
+    weight = np.select([train_split.y == 0, train_split.y == 7], [2.0, 0.5], 1.0)
+    assert run.history["loss"][0] == pytest.approx(np.mean(weight * -np.log(p)), rel=1e-5)
+    lr = run.history["learning_rate"]  # the rate each epoch trained with: cut after epoch 2 (no gain for 1 epoch)
+    assert lr == pytest.approx([1e-9, 1e-9, 5e-10], rel=1e-3)
 
 
 def test_class_weight_names_must_be_classes(tmp_path):
