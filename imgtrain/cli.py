@@ -467,7 +467,7 @@ def serve(
     """Serve predictions over HTTP: POST /predict, GET /health, GET /model, an upload page at /, docs at /docs."""
     from .saving import resolve_model_path
 
-    resolve_model_path(target)
+    model_path = resolve_model_path(target)
     _backend_of(target)
     import uvicorn
 
@@ -475,6 +475,9 @@ def serve(
 
     application = create_app(target, top_k=top_k, max_upload_mb=max_upload_mb, max_files=max_files,
                              max_pixels=max_pixels, max_batch=max_batch)
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+    # uvicorn logs only warnings, so this line is all a user sees; typer.echo flushes it before uvicorn starts
+    typer.echo(f"serving {model_path} at {url} (upload page; API docs at {url}docs); Ctrl+C stops")
     uvicorn.run(application, host=host, port=port, log_level="warning")
 
 

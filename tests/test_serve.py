@@ -1,11 +1,14 @@
 """The server as a user meets it: real uvicorn on a localhost port, real HTTP, real Chromium."""
 import io
+import json
 import os
+import select
 import socket
 import statistics
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import httpx
 import numpy as np
@@ -24,11 +27,13 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(mnist_run):
+def served(mnist_run, tmp_path_factory):
+    """`imgtrain serve RUN --port P` as a user starts it: (url, process, the first line it printed)."""
     out, _ = mnist_run
     port = _free_port()
+    log = open(tmp_path_factory.mktemp("serve") / "stderr.txt", "w+")  # a file: a full pipe would stall the server
     proc = subprocess.Popen([*IMGTRAIN, "serve", str(out), "--port", str(port), *LIMITS], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=log, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while True:
@@ -39,11 +44,21 @@ def server(mnist_run):
             pass
         if proc.poll() is not None or time.time() > deadline:
             proc.kill()
-            raise AssertionError(f"server did not start:\n{proc.stdout.read()}")
+            log.seek(0)
+            raise AssertionError(f"server did not start:\n{log.read()[-3000:]}")
         time.sleep(0.5)
-    yield url
+    # The line is printed before uvicorn starts, so it is in the pipe by now; a server that prints nothing must
+    # fail this test, not hang it.
+    first = proc.stdout.readline() if select.select([proc.stdout], [], [], 5)[0] else ""
+    yield SimpleNamespace(url=url, port=port, proc=proc, first_line=first)
     proc.terminate()
     proc.wait(timeout=30)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def server(served):
+    return served.url
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +80,6 @@ def _png(size=(28, 28), mode="L", noise=False) -> bytes:
 
 
 def test_predictions_match_the_cli(server, digits, mnist_run):
-    import json
-
     out, _ = mnist_run
     cli = {os.path.basename(r["file"]): r["top"][0]["class"] for r in
            json.loads(run_cli("predict", out, *digits, "--format", "json").stdout)}
@@ -82,8 +95,17 @@ def test_predictions_match_the_cli(server, digits, mnist_run):
         assert top["predictions"][0]["top"][0]["class"] == cli[path.name]
 
 
-def test_model_health_page_and_docs(server):
-    info = httpx.get(f"{server}/model").json()
+def test_serve_prints_where_it_serves(served):
+    line = served.first_line
+    assert line.startswith("serving ") and "best.keras" in line, repr(line)
+    assert f"http://127.0.0.1:{served.port}/ " in line and f"http://127.0.0.1:{served.port}/docs" in line
+
+
+def test_model_health_page_and_docs(server, mnist_run):
+    r = httpx.get(f"{server}/model")
+    info = r.json()
+    assert info["model"] == "best.keras"  # the file's name: the server's directories are not the client's business
+    assert str(mnist_run[0].resolve()) not in r.text and str(mnist_run[0]) not in r.text
     assert info["class_names"] == [str(i) for i in range(10)] and info["input_shape"] == [28, 28, 1]
     assert info["metrics"]["test_accuracy"] >= 0.985
     assert httpx.get(f"{server}/health").json()["status"] == "ok"
@@ -106,6 +128,96 @@ def test_bad_uploads_get_json_errors_and_the_server_goes_on(server, name, files,
     assert words in r.json()["detail"]
     ok = httpx.post(f"{server}/predict", files={"files": ("ok.png", _png())}, timeout=30)
     assert ok.status_code == 200
+
+
+TOTAL = 200 * 2**20  # bytes of body offered; the server's whole-body limit with LIMITS is 4 x 0.05 MiB + 64 KiB
+BLOCK = os.urandom(2**16)
+FILE_PART = b'--xx\r\nContent-Disposition: form-data; name="files"; filename="big.png"\r\n\r\n'
+FIELD_PART = b'--xx\r\nContent-Disposition: form-data; name="notes"\r\n\r\n'  # a form field, not a file
+END = b"\r\n--xx--\r\n"
+
+
+def _chunked(first: bytes):
+    yield b"%x\r\n%s\r\n" % (len(first), first)
+    framed = b"%x\r\n%s\r\n" % (len(BLOCK), BLOCK)
+    for _ in range(TOTAL // len(BLOCK)):
+        yield framed
+    yield b"%x\r\n%s\r\n0\r\n\r\n" % (len(END), END)
+
+
+def _raw(first: bytes):
+    yield first
+    for _ in range(TOTAL // len(BLOCK)):
+        yield BLOCK
+    yield END
+
+
+def _upload(port: int, head: bytes, body) -> tuple[int, bytes]:
+    """Send `head`, then the pieces of `body` until the server answers: (bytes sent after `head`, every byte the
+    server sent until it closed). A server that neither answers nor closes fails this with a timeout."""
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+        s.sendall(head)
+        sent = 0
+        for piece in body:
+            if select.select([s], [], [], 0)[0]:
+                break  # an answer (or the close) is waiting: a client like curl stops sending here
+            try:
+                s.sendall(piece)
+            except OSError:  # the server closed after its answer, which is still there to read
+                break
+            sent += len(piece)
+        answer = b""
+        while True:
+            try:
+                data = s.recv(2**16)
+            except ConnectionResetError:  # closed with our body unread: Linux resets, after delivering the answer
+                break
+            if not data:
+                break
+            answer += data
+    return sent, answer
+
+
+def _peak_rss(pid: int, reset: bool = False) -> int:
+    """The process's peak resident memory (VmHWM) in bytes; reset=True first lowers the peak to the current RSS."""
+    if reset:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(line for line in f if line.startswith("VmHWM:")).split()[1]) * 1024
+
+
+@pytest.mark.parametrize("framing, first, status, words", [
+    ("chunked", FILE_PART, 413, "big.png: over the limit of 0.05 MiB"),  # the per-file limit, while parsing
+    ("chunked", FIELD_PART, 413, "upload over the limit of 275,248 bytes"),  # the whole-body limit
+    ("length", FILE_PART, 413, "upload of 209,715,200 bytes is over the limit of 275,248 bytes"),
+    # No Content-Length and no chunking: in HTTP/1.x such a request has no body (RFC 9112 6.3), so there is no
+    # read-until-close upload; uvicorn takes the bytes after the headers as a next request it never reaches.
+    ("until close", FILE_PART, 400, "no files"),
+], ids=["chunked-file", "chunked-field", "content-length", "http1.0-until-close"])
+def test_oversized_bodies_are_refused_as_they_stream(served, framing, first, status, words):
+    """200 MiB offered. Measured (2-core VM): 2.7-3.1 MiB left the client before the answer (the kernel's socket
+    buffers), the server's peak RSS rose by under 1 MiB. Before the fix both chunked uploads were read to their
+    end (all 200 MiB sent; RSS +2 MiB here, as Starlette spooled the file to disk) and no answer closed the
+    connection, so uvicorn went on reading, and dropping, whatever body followed."""
+    version, header = {"chunked": ("1.1", "Transfer-Encoding: chunked\r\n"), "until close": ("1.0", ""),
+                       # Expect: the client waits for 100 Continue or an answer before sending the body, as curl does
+                       "length": ("1.1", f"Content-Length: {TOTAL}\r\nExpect: 100-continue\r\n")}[framing]
+    head = f"POST /predict HTTP/{version}\r\nHost: t\r\nContent-Type: multipart/form-data; boundary=xx\r\n"
+    head += f"{header}\r\n"
+    body = {"chunked": _chunked(first), "until close": _raw(first), "length": ()}[framing]
+    before = _peak_rss(served.proc.pid, reset=True)
+    t0 = time.perf_counter()
+    sent, answer = _upload(served.port, head.encode(), body)
+    grew = _peak_rss(served.proc.pid) - before
+    print(f"\n{framing}: {sent / 2**20:.1f} MiB of {TOTAL / 2**20:.0f} sent before the answer, peak RSS "
+          f"+{grew / 2**20:.1f} MiB, {time.perf_counter() - t0:.2f} s")
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    assert int(head.split()[1]) == status and words in json.loads(payload)["detail"], answer[:300]
+    assert b"connection: close" in head.lower()  # the server hangs up instead of reading the rest
+    assert sent < TOTAL / 8, "the server took in the body before answering"
+    assert grew < 50 * 2**20  # a server that buffered the body in memory would grow by about what it read
+    assert httpx.get(f"{served.url}/health").status_code == 200
 
 
 def test_bounded_load_with_hostile_uploads(server, digits):

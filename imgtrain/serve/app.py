@@ -2,6 +2,7 @@
 
 POST /predict (multipart, field `files`, one or more images) -> top-k classes per image; GET /health; GET /model;
 GET / (the upload page); OpenAPI docs at /docs. Bad uploads get a JSON error with a 4xx status, never a 500.
+Upload limits hold while the body streams in (limits.py for the whole body, upload.py for each file).
 """
 from __future__ import annotations
 
@@ -14,11 +15,12 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse
 from PIL import Image, UnidentifiedImageError
 from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..data.images import DECODE_ERRORS, ImageTooLarge, decode
 from .batcher import Batcher
+from .limits import BodyLimit
 from .page import PAGE
+from .upload import read_files
 
 
 def _image(data: bytes, name: str, shape, max_pixels: int) -> np.ndarray:
@@ -52,6 +54,9 @@ def create_app(target: str | Path, *, top_k: int = 3, max_upload_mb: float = 10.
     title = f"{meta.get('model', 'model')} · {meta.get('dataset', path.name)}"
 
     app = FastAPI(title="imgtrain", description=f"Image classifier {title}: {len(names)} classes.")
+    # Room for the multipart framing around max_files files: about 200 bytes of headers a part.
+    app.add_middleware(BodyLimit, max_bytes=max_bytes * max_files + 65536,
+                       what=f"{max_files} files of {max_upload_mb:g} MiB")
     app.state.batcher = batcher
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -63,39 +68,29 @@ def create_app(target: str | Path, *, top_k: int = 3, max_upload_mb: float = 10.
         return {"status": "ok", "requests": batcher.requests, "model_calls": batcher.batches}
 
     @app.get("/model")
-    def model_info() -> dict:
-        return {"model": str(path), "class_names": names, "input_shape": list(shape), "metrics": metrics,
+    def model_info() -> dict:  # the file's name only: where the server keeps its runs is no client's business
+        return {"model": path.name, "class_names": names, "input_shape": list(shape), "metrics": metrics,
                 "preprocessing": preprocessing(model, meta), "limits": {
                     "max_upload_mb": max_upload_mb, "max_files": max_files, "max_pixels": max_pixels}}
 
     @app.post("/predict")
     async def predict(request: Request, k: int = top_k) -> dict:
         """Top-k classes for each uploaded image (multipart form, field name `files`)."""
-        size = int(request.headers.get("content-length") or 0)
-        if size > max_bytes * max_files + 65536:
-            raise HTTPException(413, f"upload of {size:,} bytes is over the limit of {max_upload_mb:g} MiB a file")
-        try:
-            form = await request.form(max_files=max_files, max_fields=max_files + 8)
-        except StarletteHTTPException as err:  # Starlette's own limits ("Too many files. Maximum number ...")
-            raise HTTPException(400, f"bad multipart upload: {err.detail}") from None
-        except Exception as err:  # a body that is not valid multipart
-            raise HTTPException(400, f"bad multipart upload: {type(err).__name__}: {err}") from None
-        files = [f for f in form.getlist("files") if hasattr(f, "read")]
+        async def one(data: bytes, name: str) -> np.ndarray:
+            return await run_in_threadpool(_image, data, name or "file", shape, max_pixels)
+
+        files = await read_files(request, one, field="files", max_bytes=max_bytes, limit_mb=max_upload_mb,
+                                 max_files=max_files)
         if not files:
             raise HTTPException(400, "no files: send images as multipart form field 'files'")
-        images = []
-        for f in files:
-            data = await f.read(max_bytes + 1)
-            if len(data) > max_bytes:
-                raise HTTPException(413, f"{f.filename}: over the limit of {max_upload_mb:g} MiB")
-            images.append(await run_in_threadpool(_image, data, f.filename or "file", shape, max_pixels))
+        images = [image for _, image in files]
         probs = await batcher(np.stack(images))
         k = max(1, min(k, len(names)))
         out = []
-        for f, p in zip(files, probs):
+        for (name, _), p in zip(files, probs):
             best = np.argsort(-p)[:k]
-            out.append({"file": f.filename, "top": [{"class": names[i], "index": int(i),
-                                                     "probability": float(p[i])} for i in best]})
+            out.append({"file": name, "top": [{"class": names[i], "index": int(i),
+                                               "probability": float(p[i])} for i in best]})
         return {"predictions": out}
 
     return app
