@@ -232,7 +232,7 @@ def _train(cluster, t_start: float, extra: list) -> RunResult:
     agree(cluster, "the epoch to resume from", resume["epoch"] if resume else 0)
     log = run_logger(make_run_dir(run_dir) if cluster.chief else None)
     try:
-        return _fit_and_score(cluster, ds, model, weights, run_dir, log, t_start, resume, extra, origin)
+        return _fit_and_score(cluster, ds, model, weights, run_dir, log, t_start, resume, extra)
     except OSError as err:
         log.error("stopped by %s: %s", type(err).__name__, err)
         if err.errno not in (errno.ENOSPC, errno.EFBIG):  # EFBIG: over a quota or the file-size limit (ulimit -f)
