@@ -22,6 +22,8 @@ class EpochStats(keras.callbacks.Callback):
     decay trained the whole epoch with), `learning_rate_end`, the rate of its last step (a one-cycle or cosine
     schedule moves in between), and `epoch_seconds`."""
 
+    stage = None  # the stage of a two-stage run (1, 2), logged as `stage`; None: a run of one stage
+
     def on_epoch_begin(self, epoch, logs=None):
         self._t0 = time.perf_counter()
         self._lr = current_lr(self.model.optimizer)  # before the epoch's first step
@@ -32,6 +34,8 @@ class EpochStats(keras.callbacks.Callback):
             logs["learning_rate"] = self._lr
             logs["learning_rate_end"] = current_lr(self.model.optimizer, max(last_step, 0))
             logs["epoch_seconds"] = time.perf_counter() - self._t0
+            if self.stage is not None:
+                logs["stage"] = self.stage
 
 
 class TrackBest(keras.callbacks.Callback):

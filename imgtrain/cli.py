@@ -299,7 +299,7 @@ def evaluate(
     check_tta(tta)
     run_cfg = _backend_of(target)
     from .evaluate import evaluate as evaluate_model, format_table
-    from .report import run_dataset
+    from .data import run_dataset
     from .saving import load_model
 
     model, meta = load_model(target)
@@ -408,20 +408,24 @@ def datasets():
 
 @app.command()
 def models():
-    """List the models with their parameter counts for 28×28×1 and 32×32×3 inputs, 10 classes."""
+    """List the models: input size, parameters and forward MFLOPs per image at that size (10 classes), summary.
+    The pretrained backbones are counted at the size of their ImageNet weights."""
     import os
 
     from .backend import use_backend
 
     use_backend(os.environ.get("KERAS_BACKEND", "tensorflow"))
     from .models import MODELS, build_model
+    from .models.cost import forward_mflops
 
-    typer.echo(f"{'model':<12} {'params 28x28x1':>15} {'params 32x32x3':>15}  about")
+    typer.echo(f"{'model':<19} {'input':>11} {'params':>11} {'MFLOPs':>7}  about")
     for name, fn in MODELS.items():
-        small = build_model(name, (28, 28, 1), 10).count_params()
-        colour = build_model(name, (32, 32, 3), 10).count_params()
+        size = getattr(fn, "default_size", None)
+        shape, extra = ((size, size, 3), {"weights": "none"}) if size else ((28, 28, 1), {})
+        model = build_model(name, shape, 10, **extra)
         about = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-        typer.echo(f"{name:<12} {small:>15,} {colour:>15,}  {about}")
+        typer.echo(f"{name:<19} {'x'.join(map(str, shape)):>11} {model.count_params():>11,} "
+                   f"{forward_mflops(model):>7,.1f}  {about}")
 
 
 @app.command("export")

@@ -35,12 +35,32 @@ class TrainConfig(BaseModel):
     model_options: dict[str, Any] = Field(default_factory=dict, description="keyword options of the model builder")
     augment: Literal["none", "shift", "flip", "flip_shift", "seed004"] = Field(
         "none", description="random augmentation layers placed in the model; active only in training")
+    weights: Optional[str] = Field(
+        None, description="pretrained backbones (`imgtrain models`): imagenet (Keras' download and cache), none "
+                          "(random), or the path of a weights file for the backbone; None: imagenet for a backbone")
+    freeze_epochs: int = Field(
+        0, ge=0, description="two-stage fine-tuning of a pretrained start (fastai's fine_tune): epochs that train only "
+                             "the head, everything before it frozen (BatchNormalization in inference mode); then the "
+                             "rest of the epochs train the body too. Each stage has its own schedule")
+    unfreeze: int = Field(0, ge=0, description="after the frozen stage, train only the last N blocks of the body (and "
+                                               "the head); 0: the whole body")
+    backbone_lr_mult: float = Field(
+        1.0, gt=0.0, le=1.0, description="the body's learning rate as a multiple of the head's while a pretrained "
+                                         "body trains (a backbone with weights, or init_from); e.g. 0.1 for a large "
+                                         "ImageNet backbone")
+    init_from: Optional[str] = Field(
+        None, description="start from an earlier run's model (run directory or .keras file): its head is kept when "
+                          "the classes match (training continues), replaced when they differ; image_size and "
+                          "channels default to that model's input")
 
     # data
     val_split: float = Field(0.1, ge=0.0, lt=1.0, description="fraction of train held out for validation, stratified")
     test_split: float = Field(0.1, ge=0.0, lt=1.0, description="fraction carved for test when the data has no test set")
     image_size: Optional[tuple[int, int]] = Field(None, description="(height, width) in pixels; None keeps the data's own")
     channels: Optional[Literal[1, 3]] = Field(None, description="1 grayscale or 3 RGB; None keeps the data's own")
+    classes: Optional[list[Union[int, str]]] = Field(
+        None, description="train on these classes only (names, or indices), e.g. [5, 6, 7, 8, 9]; renumbered in the "
+                          "dataset's class order")
     train_limit: Optional[int] = Field(None, gt=0, description="use at most this many training images (stratified)")
     test_limit: Optional[int] = Field(None, gt=0, description="use at most this many test images (stratified)")
     stream: Optional[bool] = Field(None, description="decode image files per batch; None: only when they exceed 512 MiB")

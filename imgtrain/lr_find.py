@@ -54,7 +54,9 @@ def lr_find(config=None, start: float = 1e-6, end: float = 1.0, steps: int = 200
         raise ConfigError(f"lr-find needs 0 < start < end (got start {start:g}, end {end:g})")
     use_backend(cfg.backend)
     from .batchnorm import fused_batchnorm
+    from .transfer import resolve
 
+    cfg = resolve(cfg)
     with precision(cfg.precision), fused_batchnorm(cfg.backend):
         return _lr_find(cfg, start, end, steps, out)
 
@@ -62,16 +64,14 @@ def lr_find(config=None, start: float = 1e-6, end: float = 1.0, steps: int = 200
 def _lr_find(cfg, start: float, end: float, steps: int, out) -> dict:
     import keras
 
-    from .data import load_dataset
-    from .models import build_model
+    from .data import run_dataset
     from .schedules import make_optimizer
     from .train import compile_model, fit_inputs
+    from .transfer import initial_model
 
     keras.utils.set_random_seed(cfg.seed)
-    ds = load_dataset(cfg.dataset, val_split=0.0, test_split=cfg.test_split, seed=cfg.seed, image_size=cfg.image_size,
-                      channels=cfg.channels, train_limit=cfg.train_limit, test_limit=1, stream=cfg.stream,
-                      allow_outside_root=cfg.allow_outside_root)
-    model = build_model(cfg.model, ds.input_shape, ds.num_classes, augment=cfg.augment, **cfg.model_options)
+    ds = run_dataset(cfg, val_split=0.0, test_limit=1)
+    model, _ = initial_model(cfg, ds)
     rate = keras.optimizers.schedules.ExponentialDecay(start, decay_steps=1, decay_rate=(end / start) ** (1 / steps))
     onehot = compile_model(model, cfg, ds.num_classes, make_optimizer(cfg, 1, lr=rate))
     batches = fit_inputs(ds.train, cfg, ds.input_shape, onehot, True, {})

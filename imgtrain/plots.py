@@ -26,10 +26,14 @@ def curves(history: dict[str, list[float]], title: str = "") -> Figure:
     """Loss and accuracy per epoch, train against validation; learning rate on a second axis of the loss plot."""
     fig = Figure(figsize=(11, 4), layout="constrained")
     epochs = np.arange(1, len(next(iter(history.values()), [])) + 1)
+    stage = history.get("stage", [])
+    changes = [i for i in range(1, len(stage)) if stage[i] != stage[i - 1]]  # first epoch index of a new stage
     for ax, key in zip(fig.subplots(1, 2), ("loss", "accuracy")):
         for name, style in ((key, "-o"), (f"val_{key}", "-s")):
             if name in history:
                 ax.plot(epochs, history[name], style, ms=3, label="train" if name == key else "validation")
+        for i in changes:  # a two-stage run: the head alone, then the body too
+            ax.axvline(i + 0.5, color="gray", ls="--", lw=1, label=f"stage {int(stage[i])} starts")
         ax.set_xlabel("epoch")
         ax.set_ylabel(key)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

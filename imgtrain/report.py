@@ -64,21 +64,6 @@ def images_of(split, idx: np.ndarray, shape) -> np.ndarray:
         np.zeros((0, *shape), np.uint8)
 
 
-def run_dataset(config: dict, name: str | None = None, image_size=None, channels=None):
-    """The dataset of a run, split as the run split it (same seed and fractions). For another dataset `name`, the
-    run's subset limits and root permission do not apply."""
-    from .data import load_dataset
-
-    c = config
-    same = name is None or name == c.get("dataset")
-    return load_dataset(name or c["dataset"], val_split=c.get("val_split", 0.1), test_split=c.get("test_split", 0.1),
-                        seed=c.get("seed", 0), image_size=image_size or c.get("image_size"),
-                        channels=channels or c.get("channels"), stream=c.get("stream"),
-                        train_limit=c.get("train_limit") if same else None,
-                        test_limit=c.get("test_limit") if same else None,
-                        allow_outside_root=c.get("allow_outside_root", False) if same else False)
-
-
 def _predictions(run: RunRecord, ds):
     """(probs, y, positions) of the best model on the test split, from the run directory or computed anew."""
     saved = run.path / PREDICTIONS
@@ -98,6 +83,8 @@ def _predictions(run: RunRecord, ds):
 def make_figures(run_dir: str | Path, ds=None) -> dict:
     """{name: matplotlib Figure} for a run directory; `ds` saves reloading the data when the caller has it."""
     run = read_run(run_dir)
+    from .data import run_dataset
+
     ds = ds if ds is not None else run_dataset(run.config)
     shape = tuple(ds.input_shape)
     names = ds.class_names

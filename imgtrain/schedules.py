@@ -19,8 +19,10 @@ def peak_lr(cfg: TrainConfig) -> float:
     return cfg.learning_rate * {"none": 1.0, "linear": ratio, "sqrt": ratio ** 0.5}[cfg.lr_scaling]
 
 
-def make_schedule(cfg: TrainConfig, steps_per_epoch: int):
-    total = max(1, cfg.epochs * steps_per_epoch)
+def make_schedule(cfg: TrainConfig, steps_per_epoch: int, epochs: int | None = None):
+    """The learning rate over `epochs` (default: the run's) of `steps_per_epoch` steps; a stage of a two-stage run
+    has its own."""
+    total = max(1, (cfg.epochs if epochs is None else epochs) * steps_per_epoch)
     lr = peak_lr(cfg)
     if cfg.schedule == "constant":
         return lr
@@ -35,17 +37,57 @@ def make_schedule(cfg: TrainConfig, steps_per_epoch: int):
         warmup_target=lr if warm else None, warmup_steps=warm)
 
 
-def make_optimizer(cfg: TrainConfig, steps_per_epoch: int, lr=None) -> keras.optimizers.Optimizer:
-    """The config's optimizer with its schedule, or with `lr` (a float or schedule) when given."""
-    lr = make_schedule(cfg, steps_per_epoch) if lr is None else lr
+def make_optimizer(cfg: TrainConfig, steps_per_epoch: int, lr=None, epochs: int | None = None,
+                   body_mult: float = 1.0) -> keras.optimizers.Optimizer:
+    """The config's optimizer with its schedule over `epochs` (default: the run's), or with `lr` (a float or
+    schedule) when given; `body_mult` != 1: every variable outside the head learns at that multiple of the rate."""
+    lr = make_schedule(cfg, steps_per_epoch, epochs) if lr is None else lr
     if cfg.optimizer == "adam":
-        return keras.optimizers.Adam(lr)
-    if cfg.optimizer == "adamw":
-        return keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "sgd":
-        return keras.optimizers.SGD(lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
-                                    weight_decay=cfg.weight_decay or None)
-    return keras.optimizers.RMSprop(lr, momentum=cfg.momentum if cfg.momentum else 0.0)
+        opt = keras.optimizers.Adam(lr)
+    elif cfg.optimizer == "adamw":
+        opt = keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay)
+    elif cfg.optimizer == "sgd":
+        opt = keras.optimizers.SGD(lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
+                                   weight_decay=cfg.weight_decay or None)
+    else:
+        opt = keras.optimizers.RMSprop(lr, momentum=cfg.momentum if cfg.momentum else 0.0)
+    return opt if body_mult == 1.0 else with_body_rate(opt, body_mult)
+
+
+def with_body_rate(optimizer, mult: float, head: str = "probs"):
+    """`optimizer` whose updates of every variable outside the layer `head` use `mult` times the learning rate
+    (discriminative rates: a pretrained body learns slower than the new head). Keras 3 has no per-variable rate;
+    each update step of a Keras optimizer gets the rate as an argument, so the subclass scales it there.
+
+    The subclass carries the name and module of the Keras class it extends, so a saved model's compile config
+    names that plain class and opens in Keras without imgtrain (compiled with the head's rate); imgtrain re-applies
+    the multiplier from the run's config when it resumes."""
+    base = type(optimizer)
+
+    class BodyRate(base):
+        def build(self, variables):
+            super().build(variables)
+            self._body = {i for i, v in enumerate(variables) if not v.path.startswith(f"{head}/")}
+
+        def update_step(self, gradient, variable, learning_rate):
+            if self._get_variable_index(variable) in self._body:
+                learning_rate = learning_rate * mult
+            return super().update_step(gradient, variable, learning_rate)
+
+    BodyRate.__name__ = BodyRate.__qualname__ = base.__name__
+    BodyRate.__module__ = base.__module__
+    return BodyRate.from_config(optimizer.get_config())
+
+
+def restore_optimizer(optimizer, saved, variables) -> None:
+    """Give `optimizer` (built for `variables`) the state of `saved`, an optimizer of the same class read from a
+    checkpoint: step count, moments, rate. Exact, so a resumed run continues bit for bit."""
+    optimizer.build(variables)
+    if len(optimizer.variables) != len(saved.variables):
+        raise ValueError(f"the checkpoint's optimizer holds {len(saved.variables)} variables, this one "
+                         f"{len(optimizer.variables)}")
+    for mine, theirs in zip(optimizer.variables, saved.variables):
+        mine.assign(theirs)
 
 
 def current_lr(optimizer, step: int | None = None) -> float:

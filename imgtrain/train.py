@@ -190,6 +190,9 @@ def train(config: TrainConfig | dict | str | Path | None = None, *, callbacks: l
     the run directory and returns the metrics, the others return their history and empty metrics."""
     cfg = as_config(config, overrides)
     use_backend(cfg.backend)
+    from .transfer import resolve
+
+    cfg = resolve(cfg)  # a pretrained start's defaults, recorded in config.yaml
     from .batchnorm import fused_batchnorm
     from .distributed import join
 
@@ -201,23 +204,21 @@ def train(config: TrainConfig | dict | str | Path | None = None, *, callbacks: l
 def _train(cluster, t_start: float, extra: list) -> RunResult:
     import keras
 
-    from .data import load_dataset
+    from .data import run_dataset
     from .distributed import agree
-    from .models import build_model
+    from .transfer import initial_model
 
     cfg = cluster.config  # with the job's shape filled in
     run_dir, resume_from = choose_run_dir(cfg)
     keras.utils.set_random_seed(cfg.seed)
-    ds = load_dataset(cfg.dataset, val_split=cfg.val_split, test_split=cfg.test_split, seed=cfg.seed,
-                      image_size=cfg.image_size, channels=cfg.channels, train_limit=cfg.train_limit,
-                      test_limit=cfg.test_limit, stream=cfg.stream, allow_outside_root=cfg.allow_outside_root)
+    ds = run_dataset(cfg)
     if cfg.batch_size > len(ds.train):
         raise ConfigError(f"batch_size {cfg.batch_size} is larger than the {len(ds.train)} training images; "
                           f"use at most {len(ds.train)}")
     if cfg.distribute != "none" and not ds.train.in_memory:
         raise ConfigError(f"distribute {cfg.distribute!r} needs the images in memory (stream false): streamed "
                           "batches drop undecodable files, which would put the processes out of step")
-    model = build_model(cfg.model, ds.input_shape, ds.num_classes, augment=cfg.augment, **cfg.model_options)
+    model, origin = initial_model(cfg, ds)
     weights = class_weights(cfg.class_weight, ds)  # checked before anything is written
     resume = None
     if resume_from is not None:
@@ -232,7 +233,7 @@ def _train(cluster, t_start: float, extra: list) -> RunResult:
     agree(cluster, "the epoch to resume from", resume["epoch"] if resume else 0)
     log = run_logger(make_run_dir(run_dir) if cluster.chief else None)
     try:
-        return _fit_and_score(cluster, ds, model, weights, run_dir, log, t_start, resume, extra)
+        return _fit_and_score(cluster, ds, model, weights, run_dir, log, t_start, resume, extra, origin)
     except OSError as err:
         log.error("stopped by %s: %s", type(err).__name__, err)
         if err.errno not in (errno.ENOSPC, errno.EFBIG):  # EFBIG: over a quota or the file-size limit (ulimit -f)
@@ -312,10 +313,11 @@ def _refuse_unfinished(cluster, run_dir: Path, run_info: dict, interrupted: bool
 
 
 def _fit_and_score(cluster, ds, model, weights, run_dir: Path, log: logging.Logger,
-                   t_start: float, resume: dict | None, extra: list) -> RunResult:
+                   t_start: float, resume: dict | None, extra: list, origin: dict | None) -> RunResult:
     from .callbacks import run_callbacks
     from .distributed import undistributed
-    from .schedules import make_optimizer, peak_lr
+    from .stages import fit_stages
+    from .schedules import peak_lr
 
     cfg, chief = cluster.config, cluster.chief
     t_data = time.perf_counter()
@@ -326,24 +328,19 @@ def _fit_and_score(cluster, ds, model, weights, run_dir: Path, log: logging.Logg
     if cfg.lr_scaling != "none":
         log.info("learning rate: %g x (%d / %d)%s = %g", cfg.learning_rate, cfg.batch_size, cfg.lr_base_batch,
                  "^0.5" if cfg.lr_scaling == "sqrt" else "", peak_lr(cfg))
-    # on resume keep the restored optimizer (its step count drives the schedule); only the metric objects are new
-    compile_model(model, cfg, ds.num_classes, model.optimizer if resume else make_optimizer(cfg, len(train_data)))
     if resume:
         log.info("resuming after epoch %d of %d from last.keras", resume["epoch"], cfg.epochs)
     meta = {"class_names": ds.class_names, "input_shape": list(ds.input_shape), "pixel_range": [0, 255],
             "dataset": cfg.dataset, "model": cfg.model}
     run_info = _start_record(cluster, ds, model, run_dir, resume)
+    if origin:  # init_from: the model this run started from, with its file's hash
+        log.info("started from %s (sha256 %s), head %s", origin["path"], origin["sha256"], origin["head"])
+        run_info["init_from"] = origin
     callbacks, stop, rows = run_callbacks(cfg, model, run_dir, meta, resume, chief, extra)
     # a run killed after early stopping ended it (while scoring, say) has nothing left to train
     last_epoch = first if (resume or {}).get("stopped") else cfg.epochs
-    fitted = {}
-    if first < last_epoch:
-        # shuffle=False: the batches already come in the (seed, epoch) order; Keras would reorder them with the
-        # global NumPy generator, whose state a resumed process does not have
-        fitted = model.fit(train_data, validation_data=val, epochs=last_epoch, initial_epoch=first, shuffle=False,
-                           validation_batch_size=cfg.batch_size if isinstance(val, tuple) else None,
-                           callbacks=callbacks, class_weight=weights,
-                           verbose=progress_mode(cfg) if chief else 0).history
+    fitted = fit_stages(cluster, ds.num_classes, model, (train_data, val), callbacks, weights, first, last_epoch,
+                        model.optimizer if resume else None, log)
     t_fit = time.perf_counter()
     losses = fitted.get("loss", [])
     _refuse_unfinished(cluster, run_dir, run_info, stop.interrupted, rows, losses)

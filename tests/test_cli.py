@@ -79,7 +79,8 @@ def test_predict_names_classes_in_three_formats(mnist_run, mnist_pngs):
 
 @pytest.mark.parametrize("args, expect", [
     (["train", "--dataset", "mnsit"], "error: unknown dataset 'mnsit'; known: cifar10[:PATH], csv:FILE, fashion_mnist, folder:PATH, mnist"),
-    (["train", "--model", "cnn_bm"], "error: unknown model 'cnn_bm'; known: cnn3, cnn_bn, cnn_small, mlp"),
+    (["train", "--model", "cnn_bm"], "error: unknown model 'cnn_bm'; known: cnn3, cnn_bn, cnn_small, convnext_tiny, efficientnet_b0, "
+                                  "efficientnet_v2_b0, mlp, mobilenet_v3_large, mobilenet_v3_small, resnet50_v2, resnet9"),
     (["train", "--epochs", "-2"], "error: config epochs: Input should be greater than 0 (got -2)"),
     (["train", "--optimizer", "adamax"], "error: config optimizer: Input should be 'adam', 'adamw', 'sgd' or 'rmsprop'"),
     (["train", "--set", "epochz=3"], "error: unknown config key 'epochz'; valid keys: dataset, model"),

@@ -187,19 +187,63 @@ def csv(arg, image_size=None, channels=None, stream=None, allow_outside_root=Fal
     return _from_files(f"csv:{arg}", files.list_table(arg, allow_outside_root), image_size, channels, stream)
 
 
+def keep_classes(ds: Dataset, classes: list) -> Dataset:
+    """`ds` with only the images of `classes` (class names, or indices into class_names), kept in the dataset's
+    class order and renumbered 0..k-1 (MNIST's [5, 6, 7, 8, 9] become labels 0-4 named '5'-'9')."""
+    wanted = []
+    for c in classes:
+        if str(c) in ds.class_names:
+            wanted.append(ds.class_names.index(str(c)))
+        elif isinstance(c, int) and 0 <= c < ds.num_classes:
+            wanted.append(c)
+        else:
+            raise DataError(f"{ds.name}: unknown class {c!r}; classes: {', '.join(ds.class_names)}")
+    order = sorted(set(wanted))
+    new = np.full(ds.num_classes, -1, np.int64)
+    new[order] = np.arange(len(order))
+    for part in ("train", "val", "test"):
+        split = getattr(ds, part)
+        if split is not None:
+            kept = split.take(np.flatnonzero(new[split.y] >= 0))
+            kept.y = new[kept.y]
+            setattr(ds, part, kept)
+    dropped = [n for i, n in enumerate(ds.class_names) if new[i] < 0]
+    ds.class_names = [ds.class_names[i] for i in order]
+    ds.notes.append(f"classes kept: {', '.join(ds.class_names)} (left out: {', '.join(dropped) or 'none'})")
+    return ds
+
+
+def run_dataset(config, name: str | None = None, **changes) -> Dataset:
+    """The dataset of a run's config (a TrainConfig or the dict of its config.yaml), split as the run split it:
+    same seed, fractions, classes and limits. For another dataset `name`, the run's classes, subset limits and
+    root permission do not apply. `changes`: load_dataset arguments to use instead (image_size=...)."""
+    c = config.model_dump() if hasattr(config, "model_dump") else dict(config)
+    same = name is None or name == c.get("dataset")
+    args = dict(val_split=c.get("val_split", 0.1), test_split=c.get("test_split", 0.1), seed=c.get("seed", 0),
+                image_size=c.get("image_size"), channels=c.get("channels"), stream=c.get("stream"))
+    if same:
+        args.update(train_limit=c.get("train_limit"), test_limit=c.get("test_limit"), classes=c.get("classes"),
+                    allow_outside_root=c.get("allow_outside_root", False))
+    args.update({k: v for k, v in changes.items() if v is not None})
+    return load_dataset(name or c["dataset"], **args)
+
+
 def load_dataset(name: str, *, val_split: float = 0.1, test_split: float = 0.1, seed: int = 0,
                  image_size: tuple[int, int] | None = None, channels: int | None = None,
                  train_limit: int | None = None, test_limit: int | None = None,
-                 stream: bool | None = None, allow_outside_root: bool = False) -> Dataset:
+                 stream: bool | None = None, allow_outside_root: bool = False, classes: list | None = None) -> Dataset:
     """Load a dataset and carve the validation split from train (seeded, stratified).
 
     Where the data has no test set, `test_split` of train is held out as the test set first; the test set is
     never used for choices during training. `allow_outside_root` (folder and csv): read files that lead out of the
-    dataset folder (symlinks; in a CSV also `../` and absolute paths) instead of skipping them.
+    dataset folder (symlinks; in a CSV also `../` and absolute paths) instead of skipping them. `classes`: keep only
+    these classes (keep_classes), before any split or limit.
     """
     kind, arg = parse_name(name)
     extra = {"allow_outside_root": True} if allow_outside_root and kind in ("folder", "csv") else {}
     ds = DATASETS.get(kind)(arg, image_size=image_size, channels=channels, stream=stream, **extra)
+    if classes:
+        ds = keep_classes(ds, list(classes))
     if ds.test is None and test_split > 0:
         keep, out = stratified_split(ds.train.y, test_split, seed)
         ds.train, ds.test = ds.train.take(keep), ds.train.take(out)
@@ -214,4 +258,4 @@ def load_dataset(name: str, *, val_split: float = 0.1, test_split: float = 0.1, 
     return ds
 
 
-__all__ = ["DATASETS", "Dataset", "Split", "load_dataset", "dataset_names", "register_dataset"]
+__all__ = ["DATASETS", "Dataset", "Split", "load_dataset", "run_dataset", "dataset_names", "register_dataset"]

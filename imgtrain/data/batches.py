@@ -46,6 +46,10 @@ class ArrayBatches(keras.utils.PyDataset):
         idx = rows[p * part:(p + 1) * part]
         return self.x[idx], self.y[idx]
 
-    def on_epoch_end(self):
-        self.epoch += 1
+    def start_at(self, epoch: int) -> None:
+        """Serve epoch `epoch` next (a fit call that starts at it: a resumed run, a run's second stage)."""
+        self.epoch = epoch
         self.order = self._order()
+
+    def on_epoch_end(self):
+        self.start_at(self.epoch + 1)

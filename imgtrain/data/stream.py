@@ -66,7 +66,11 @@ class ImageBatches(keras.utils.PyDataset):
         y = self.split.y[keep]
         return (x, np.eye(self.onehot, dtype=np.float32)[y]) if self.onehot else (x, y)
 
-    def on_epoch_end(self):
-        self.epoch += 1
+    def start_at(self, epoch: int) -> None:
+        """Serve epoch `epoch` next (a fit call that starts at it: a resumed run, a run's second stage)."""
+        self.epoch = epoch
         if self.shuffle:
             self.order = epoch_order(len(self.split), self.seed, self.epoch)
+
+    def on_epoch_end(self):
+        self.start_at(self.epoch + 1)

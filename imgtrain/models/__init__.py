@@ -52,11 +52,13 @@ def build_model(name: str, input_shape=(28, 28, 1), num_classes: int = 10, augme
             bad = str(err).split("'")[1] if "'" in str(err) else str(err)
             raise ConfigError(f"model {name!r} has no option {bad!r}; options: {', '.join(known)}") from None
         raise
+    except ConfigError:
+        raise
     except ValueError as err:  # e.g. an input too small for the model's pooling
         raise ConfigError(f"model {name!r} cannot be built for input {tuple(input_shape)}: "
                           f"{str(err).splitlines()[0]}") from None
 
 
-from . import cnn, mlp, resnet  # noqa: E402,F401  (registers the models)
+from . import backbones, cnn, mlp, resnet  # noqa: E402,F401  (registers the models)
 
 __all__ = ["MODELS", "build_model", "register_model", "stem"]

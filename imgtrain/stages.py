@@ -1,0 +1,116 @@
+"""Two-stage fine-tuning of a pretrained start (fastai's `fine_tune`): the new head alone on a frozen body, then the
+body too, all of it or its last blocks, at its own rate. `fit_stages` is the training loop of every run: one Keras
+`fit` per stage (a run without `freeze_epochs` has one stage).
+"""
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+
+from .config import TrainConfig
+from .transfer import pretrained
+
+HEAD = "probs"  # the layer a new start trains from the first step: the softmax Dense every imgtrain model ends with
+# the block a backbone's layer belongs to, from Keras' names: MobileNetV3 expanded_conv_3_..., EfficientNet(V2)
+# block2a_..., ResNet50V2 conv3_block1_..., ConvNeXt ..._stage_1_block_0_...
+BLOCK = re.compile(r"expanded_conv(?:_\d+)?_|block\d+[a-z]_|conv\d_block\d+_|stage_\d+_block_\d+_")
+
+
+@dataclass(frozen=True)
+class Stage:
+    number: int  # 1, 2
+    start: int  # first epoch (0-based)
+    end: int  # epoch after the last
+    trains: str  # "head": everything before the head frozen; "body": the head and the unfrozen part of the body
+
+
+def stages(cfg: TrainConfig) -> list[Stage]:
+    """The run's stages: one (everything trains) unless freeze_epochs asks for a frozen first stage."""
+    if not cfg.freeze_epochs:
+        return [Stage(1, 0, cfg.epochs, "body")]
+    head = Stage(1, 0, min(cfg.freeze_epochs, cfg.epochs), "head")
+    return [head] + ([Stage(2, head.end, cfg.epochs, "body")] if cfg.epochs > head.end else [])
+
+
+def body_blocks(model) -> list[list]:
+    """The layers before the head, grouped into blocks in order: a backbone's own blocks (BLOCK; its stem with the
+    first, its top with the last), else each layer with weights on its own (a model from an earlier run)."""
+    if "backbone" in [layer.name for layer in model.layers]:
+        blocks, key = [[]], None
+        for layer in model.get_layer("backbone").layers:
+            found = BLOCK.search(layer.name)
+            if found and found.group(0) != key and key is not None:
+                blocks.append([])
+            key = found.group(0) if found else key
+            blocks[-1].append(layer)
+        return blocks
+    return [[layer] for layer in model.layers if layer.weights and layer.name != HEAD]
+
+
+def set_trainable(model, stage: Stage, unfreeze: int) -> None:
+    """Freeze what `stage` does not train. A frozen BatchNormalization runs in inference mode (Keras 3), so its
+    moving statistics stay as they were (keras-team/keras#9965 is the pitfall this avoids)."""
+    for layer in model.layers:
+        layer.trainable = stage.trains == "body" and not unfreeze
+    model.get_layer(HEAD).trainable = True
+    if stage.trains == "body" and unfreeze:
+        if "backbone" in [layer.name for layer in model.layers]:
+            model.get_layer("backbone").trainable = True  # a nested model trains only what is trainable in it
+            for layer in model.get_layer("backbone").layers:
+                layer.trainable = False
+        for block in body_blocks(model)[-unfreeze:]:
+            for layer in block:
+                layer.trainable = True
+
+
+def body_lr_mult(cfg: TrainConfig, stage: Stage) -> float:
+    """The body's learning rate as a multiple of the head's in `stage`: backbone_lr_mult while a pretrained body
+    trains, else 1."""
+    return cfg.backbone_lr_mult if stage.trains == "body" and pretrained(cfg) else 1.0
+
+
+def fit_stages(cluster, num_classes: int, model, data: tuple, callbacks: list, weights, first: int,
+                last_epoch: int, saved_optimizer, log: logging.Logger) -> dict:
+    """Keras' fit over epochs first..last_epoch, one call per stage (transfer.stages: a frozen stage, then the
+    body): each stage sets what trains, gets its own optimizer and schedule, and is compiled anew. A resumed run
+    continues its stage with the checkpoint's optimizer state (`saved_optimizer`). Returns the merged history."""
+    from .callbacks import EpochStats, Resumable
+    from .schedules import make_optimizer, restore_optimizer
+    from .train import compile_model, progress_mode
+
+    cfg = cluster.config
+    train_data, val = data
+    plan, history = stages(cfg), {}
+    for stage in plan:
+        begin, end = max(first, stage.start), min(stage.end, last_epoch)
+        if begin >= end:
+            continue
+        if cfg.freeze_epochs or cfg.unfreeze:
+            set_trainable(model, stage, cfg.unfreeze)
+        mult = body_lr_mult(cfg, stage)
+        optimizer = make_optimizer(cfg, len(train_data), epochs=stage.end - stage.start, body_mult=mult)
+        if saved_optimizer is not None and stage.start < first:  # resumed inside this stage (at its start: anew)
+            restore_optimizer(optimizer, saved_optimizer, model.trainable_variables)
+        compile_model(model, cfg, num_classes, optimizer)
+        if len(plan) > 1 or mult != 1.0:
+            log.info("stage %d: epochs %d-%d, %s, %d trainable weights, body learning rate x %g", stage.number,
+                     begin + 1, end, "the head alone" if stage.trains == "head" else "head and body",
+                     len(model.trainable_weights), mult)
+        for cb in callbacks:
+            if isinstance(cb, EpochStats):
+                cb.stage = stage.number if cfg.freeze_epochs else None  # a frozen stage: say which is which
+            if isinstance(cb, Resumable) and begin > first:  # a later stage starts where the last one left off
+                cb.restore = cb.snapshot()
+        train_data.start_at(begin)  # its epoch count follows Keras' on_epoch_end calls, which a new fit call does not line up
+        # shuffle=False: the batches already come in the (seed, epoch) order; Keras would reorder them with the
+        # global NumPy generator, whose state a resumed process does not have
+        got = model.fit(train_data, validation_data=val, epochs=end, initial_epoch=begin, shuffle=False,
+                        validation_batch_size=cfg.batch_size if isinstance(val, tuple) else None,
+                        callbacks=callbacks, class_weight=weights,
+                        verbose=progress_mode(cfg) if cluster.chief else 0).history
+        for key, values in got.items():
+            history.setdefault(key, []).extend(values)
+        if model.stop_training:  # early stopping, Ctrl-C or a pruned trial ends the run, whatever stage it is in
+            break
+    return history

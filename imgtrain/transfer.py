@@ -1,0 +1,96 @@
+"""Where a run's model starts: a pretrained backbone from `keras.applications` (models/backbones.py), or an earlier
+run's model (`init_from`), with a new head when the classes differ.
+
+`resolve(cfg)` fills in what such a start implies before anything is written, so config.yaml records what was in
+effect: a backbone's weights ("imagenet" unless told) and input size (the size its weights were trained at), an
+earlier model's input size and channels. `initial_model(cfg, ds)` builds or loads the model.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .config import TrainConfig
+from .errors import ConfigError
+
+
+def backbone_names() -> list[str]:
+    from .models.backbones import BACKBONES
+
+    return sorted(BACKBONES)
+
+
+def resolve(cfg: TrainConfig) -> TrainConfig:
+    """`cfg` with the defaults a pretrained start implies filled in (a copy; `cfg` itself is left alone)."""
+    from .models.backbones import BACKBONES
+
+    update = {}
+    if cfg.init_from:
+        from .saving import read_meta, resolve_model_path
+
+        shape = read_meta(resolve_model_path(cfg.init_from)).get("input_shape")
+        if shape and cfg.image_size is None:
+            update["image_size"] = (int(shape[0]), int(shape[1]))
+        if shape and cfg.channels is None:
+            update["channels"] = int(shape[2])
+    elif cfg.model in BACKBONES:
+        size = BACKBONES[cfg.model].default_size
+        update["weights"] = cfg.weights or "imagenet"
+        if cfg.image_size is None:
+            update["image_size"] = (size, size)
+    resolved = cfg.model_copy(update=update) if update else cfg
+    if (cfg.freeze_epochs or cfg.unfreeze) and not pretrained(resolved):
+        raise ConfigError(f"freeze_epochs and unfreeze fine-tune a pretrained start: a backbone with weights "
+                          f"(imagenet or a file) or init_from (got model {cfg.model!r}, weights {resolved.weights!r})")
+    if cfg.weights is not None and cfg.model not in BACKBONES and not cfg.init_from:
+        raise ConfigError(f"weights {cfg.weights!r} applies to the pretrained backbones ({', '.join(backbone_names())}); "
+                          f"model {cfg.model!r} starts from random weights (init_from starts from an earlier run)")
+    return resolved
+
+
+def pretrained(cfg: TrainConfig) -> bool:
+    """Whether the run starts from learned weights: an earlier run, or a backbone with weights."""
+    return bool(cfg.init_from) or (cfg.model in backbone_names() and cfg.weights not in (None, "none"))
+
+
+def file_sha256(path: str | Path) -> str:
+    from .data.cache import sha256_files
+
+    return sha256_files([Path(path)])
+
+
+def new_head(model, num_classes: int):
+    """`model` with its last Dense layer (imgtrain's "probs") replaced by a fresh softmax over `num_classes`."""
+    import keras
+
+    names = [layer.name for layer in model.layers]
+    last = model.get_layer("probs") if "probs" in names else model.layers[-1]
+    if not isinstance(last, keras.layers.Dense):
+        raise ConfigError(f"init_from: the model's last layer {last.name!r} is a {type(last).__name__}, not a Dense "
+                          "layer whose classes could be replaced")
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="probs",
+                                 dtype="float32")(last.input)  # softmax in float32 under mixed precision
+    return keras.Model(model.inputs, outputs, name=model.name)
+
+
+def initial_model(cfg: TrainConfig, ds):
+    """(the model to train, where it came from: None for a fresh model, else {"path", "sha256", "head"})."""
+    from .models import build_model
+
+    if not cfg.init_from:
+        extra = {"weights": cfg.weights} if cfg.weights else {}
+        return build_model(cfg.model, ds.input_shape, ds.num_classes, augment=cfg.augment, **extra,
+                           **cfg.model_options), None
+    from .saving import float32_copy, load_model, resolve_model_path
+
+    src = resolve_model_path(cfg.init_from)
+    model, meta = load_model(src)
+    if tuple(model.input_shape[1:]) != tuple(ds.input_shape):
+        raise ConfigError(f"init_from {src}: the model takes {tuple(model.input_shape[1:])} images, the data gives "
+                          f"{tuple(ds.input_shape)}; leave image_size and channels unset to use the model's")
+    if cfg.precision == "float32":
+        model = float32_copy(model)  # a mixed-precision model continues in the precision this run asks for
+    same = model.output_shape[-1] == ds.num_classes and list(meta.get("class_names") or []) == list(ds.class_names)
+    if not same:
+        model = new_head(model, ds.num_classes)
+    return model, {"path": str(src), "sha256": file_sha256(src), "head": "kept" if same else "replaced",
+                   "classes": list(meta.get("class_names") or [])}
