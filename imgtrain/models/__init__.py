@@ -59,6 +59,6 @@ def build_model(name: str, input_shape=(28, 28, 1), num_classes: int = 10, augme
                           f"{str(err).splitlines()[0]}") from None
 
 
-from . import backbones, cnn, mlp, resnet  # noqa: E402,F401  (registers the models)
+from . import backbones, cnn, cost, mlp, resnet  # noqa: E402,F401  (registers the models; cost counts FLOPs)
 
 __all__ = ["MODELS", "build_model", "register_model", "stem"]
