@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import zipfile
 from pathlib import Path
@@ -28,6 +29,21 @@ def _temp_beside(path: Path, suffix: str) -> str:
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the final file should look like any other
     return tmp
+
+
+# the name _temp_beside gives: "." + the final name + "." + mkstemp's 8 random characters + the suffix
+STALE_TEMP = re.compile(r"^\..+\.[A-Za-z0-9_]{8}(\.tmp|\.keras|\.weights\.h5|\.h5)$")
+
+
+def remove_stale_temps(folder: Path) -> list[str]:
+    """Delete the temporary files a writer killed mid-write (kill -9, power cut) left in `folder`: they are never
+    read (the rename never happened), and a resumed run would otherwise keep them. Returns their names."""
+    gone = []
+    for p in folder.iterdir() if folder.is_dir() else ():
+        if p.is_file() and STALE_TEMP.match(p.name):
+            p.unlink(missing_ok=True)
+            gone.append(p.name)
+    return gone
 
 
 def atomic_write(path: str | Path, data: str | bytes) -> None:

@@ -24,7 +24,7 @@ import numpy as np
 from .backend import precision, use_backend, versions
 from .config import TrainConfig, higher_is_better, load_config, make_config, save_config
 from .errors import ConfigError, ImgtrainError
-from .saving import atomic_write, atomic_write_json
+from .saving import atomic_write, atomic_write_json, remove_stale_temps
 
 RUNS_DIR = "runs"
 
@@ -80,6 +80,7 @@ def make_run_dir(run_dir: Path) -> Path:
         probe = run_dir / ".write-test"
         probe.write_bytes(b"")
         probe.unlink()
+        remove_stale_temps(run_dir)  # a killed run's half-written files: the resumed run does not keep them
     except OSError as err:
         raise ImgtrainError(f"cannot write run directory {run_dir}: {err.strerror}") from None
     return run_dir

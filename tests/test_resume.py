@@ -42,7 +42,14 @@ def test_sigkill_then_same_command_resumes_exactly(tmp_path):
     code, _ = _start_and_hit(tmp_path / "killed", signal.SIGKILL, random.Random(20261124))
     assert code == -signal.SIGKILL, "killed while training"
     assert json.loads((tmp_path / "killed" / "run.json").read_text())["status"] == "running"
+    # what a kill during a write leaves: temporary files (names as saving._temp_beside makes them) never renamed
+    stale = [".history.csv.k3x9_q2a.tmp", ".last.keras.ab12cd34.keras", ".best.weights.h5.zz99yy88.weights.h5"]
+    for name in stale:
+        (tmp_path / "killed" / name).write_bytes(b"half")
+    (tmp_path / "killed" / ".keep-me").write_bytes(b"")  # not one of ours: left alone
     run_cli(*ARGS, "--out", tmp_path / "killed")  # the same command again
+    left = sorted(p.name for p in (tmp_path / "killed").iterdir() if p.name.startswith("."))
+    assert left == [".keep-me"], left
     whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
     resumed = json.loads((tmp_path / "killed" / "metrics.json").read_text())
     info = json.loads((tmp_path / "killed" / "run.json").read_text())
