@@ -38,6 +38,17 @@ class EpochStats(keras.callbacks.Callback):
                 logs["stage"] = self.stage
 
 
+class Pinned:
+    """Mixin: the callback keeps the model it is pinned to (the run's whole model) when Keras hands it another one:
+    a frozen stage on cached features fits only the head, but the checkpoints save, and the seeds reach, the whole
+    model."""
+
+    pin = None
+
+    def set_model(self, model):
+        super().set_model(model if self.pin is None else self.pin)
+
+
 class TrackBest(keras.callbacks.Callback):
     """Base: remembers the best value of `monitor` (max for accuracies, min for losses)."""
 
@@ -58,7 +69,7 @@ class TrackBest(keras.callbacks.Callback):
         return False
 
 
-class BestCheckpoint(TrackBest):
+class BestCheckpoint(Pinned, TrackBest):
     """Saves the model to `path` atomically whenever `monitor` improves (Keras' ModelCheckpoint writes in place)."""
 
     def __init__(self, path: Path, monitor: str, meta: dict, stop: "GracefulStop | None" = None):
@@ -72,7 +83,7 @@ class BestCheckpoint(TrackBest):
             save_model(self.model, self.path, {**self.meta, "epoch": epoch + 1, self.monitor: logs[self.monitor]})
 
 
-class LastCheckpoint(keras.callbacks.Callback):
+class LastCheckpoint(Pinned, keras.callbacks.Callback):
     """Saves the model (with its optimizer) to `path` atomically at the end of every completed epoch, with
     `state(epoch, logs)` inside the same file: what a resume needs, never out of step with the weights."""
 
@@ -99,7 +110,7 @@ def seed_generators(model) -> list:
     return found
 
 
-class EpochSeeds(keras.callbacks.Callback):
+class EpochSeeds(Pinned, keras.callbacks.Callback):
     """Reseeds every SeedGenerator from (seed, epoch, position) at the start of each epoch, so the random draws of
     epoch k are the same whether the run got there in one go or was resumed."""
 
@@ -220,8 +231,9 @@ def run_callbacks(cfg, model, run_dir: Path, meta: dict, resume: dict | None, ch
             snap["early_stopping"] = early.snapshot()
         if plateau:
             snap["plateau"] = plateau.snapshot()
-        return {"format": STATE_FORMAT, "epoch": epoch + 1, "history": rows, "callbacks": snap,
-                "stopped": bool(model.stop_training)}  # early stopping has ended the run
+        # early stopping has ended the run: it stops the model being fit (the head alone, in a cached frozen stage)
+        stopped = bool(model.stop_training or (early and early.model.stop_training))
+        return {"format": STATE_FORMAT, "epoch": epoch + 1, "history": rows, "callbacks": snap, "stopped": stopped}
 
     writers = [best_cb, LastCheckpoint(run_dir / "last.keras", meta, state, stop),  # after every callback it snapshots
                HistoryFile(run_dir / "history.csv", rows)]  # rows as the checkpoint recorded them

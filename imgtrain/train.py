@@ -340,7 +340,7 @@ def _fit_and_score(cluster, ds, model, weights, run_dir: Path, log: logging.Logg
     callbacks, stop, rows = run_callbacks(cfg, model, run_dir, meta, resume, chief, extra)
     # a run killed after early stopping ended it (while scoring, say) has nothing left to train
     last_epoch = first if (resume or {}).get("stopped") else cfg.epochs
-    fitted = fit_stages(cluster, ds.num_classes, model, (train_data, val), callbacks, weights, first, last_epoch,
+    fitted = fit_stages(cluster, ds, model, (train_data, val), callbacks, weights, first, last_epoch,
                         model.optimizer if resume else None, log)
     t_fit = time.perf_counter()
     losses = fitted.get("loss", [])

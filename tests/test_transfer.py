@@ -291,3 +291,45 @@ def test_the_training_curves_mark_where_the_second_stage_starts():
     assert len(marks) == 2 and all(list(line.get_xdata()) == [2.5, 2.5] for line in marks)  # between epochs 2, 3
     assert not [line for ax in plots.curves({k: v for k, v in history.items() if k != "stage"}).axes
                 for line in ax.get_lines() if "stage" in str(line.get_label())]
+
+
+def test_the_head_trained_on_cached_features_equals_the_head_trained_through_the_frozen_body(resnet9_0_to_4,
+                                                                                             tmp_path, monkeypatch):
+    """The issue's test (c): the frozen stage on cached features gives the head weights that training through the
+    frozen body gives (same batches, same dropout draws), to float tolerance; the features are kept on disk, read
+    back by the next run, and computed anew when the body's weights change."""
+    from imgtrain import train
+    from imgtrain.data.builtin import MNIST_WHEEL
+    from imgtrain.data.cache import data_dir, wait_for_writes
+
+    monkeypatch.setenv("IMGTRAIN_MNIST_WHEEL", str(data_dir() / MNIST_WHEEL))
+    monkeypatch.setenv("IMGTRAIN_DATA", str(tmp_path / "cache"))
+    kw = dict(dataset="mnist", classes=[5, 6, 7, 8, 9], init_from=str(resnet9_0_to_4), train_limit=1000,
+              epochs=2, freeze_epochs=2, tensorboard=False, report=False, verbose="quiet")
+    heads = {}
+    for cache in (True, False):
+        run = train(cache_features=cache, out=str(tmp_path / f"cache-{cache}"), **kw)
+        heads[cache] = keras.models.load_model(run.run_dir / "last.keras").get_layer("probs").get_weights()
+        assert ("frozen stage on cached features" in (run.run_dir / "train.log").read_text()) is cache
+    for a, b in zip(heads[True], heads[False]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert np.abs(heads[True][0]).max() > 0.01  # the head did train
+    wait_for_writes()
+    cached = sorted((tmp_path / "cache").glob("features-*.npz"))
+    assert len(cached) == 2  # the training and the validation images
+    stamp = [p.stat().st_mtime_ns for p in cached]
+    train(cache_features=True, out=str(tmp_path / "again"), **kw)
+    wait_for_writes()
+    assert [p.stat().st_mtime_ns for p in sorted((tmp_path / "cache").glob("features-*.npz"))] == stamp, "read back"
+    # the same body with one weight changed: its features are computed anew, not read from the old file
+    from imgtrain.data import run_dataset
+    from imgtrain.features import cached_features, split_model
+
+    extractor, _ = split_model(keras.models.load_model(tmp_path / "cache-True" / "last.keras"))
+    x = run_dataset(kw).val.x
+    before = cached_features(extractor, x)
+    kernel = extractor.get_layer("stage3_res2_conv").kernel
+    kernel.assign(np.asarray(kernel) + 1e-3)
+    after = cached_features(extractor, x)
+    wait_for_writes()
+    assert len(list((tmp_path / "cache").glob("features-*.npz"))) == 3 and np.abs(after - before).max() > 1e-4
