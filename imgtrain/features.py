@@ -13,7 +13,7 @@ import hashlib
 import keras
 import numpy as np
 
-HEAD = "probs"
+from .models import HEAD
 
 
 def head_chain(model) -> list:

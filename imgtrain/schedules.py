@@ -7,6 +7,7 @@ from __future__ import annotations
 import keras
 
 from .config import TrainConfig
+from .models import HEAD
 
 ONECYCLE_START_DIV = 25.0  # one-cycle warm-up starts at peak/25 (fastai's div)
 ONECYCLE_END_FRACTION = 1e-4  # and anneals to peak * 1e-4
@@ -54,7 +55,7 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int, lr=None, epochs: int 
     return opt if body_mult == 1.0 else with_body_rate(opt, body_mult)
 
 
-def with_body_rate(optimizer, mult: float, head: str = "probs"):
+def with_body_rate(optimizer, mult: float, head: str = HEAD):
     """`optimizer` whose updates of every variable outside the layer `head` use `mult` times the learning rate
     (discriminative rates: a pretrained body learns slower than the new head). Keras 3 has no per-variable rate;
     each update step of a Keras optimizer gets the rate as an argument, so the subclass scales it there.

@@ -9,9 +9,9 @@ import re
 from dataclasses import dataclass
 
 from .config import TrainConfig
+from .models import HEAD
 from .transfer import pretrained
 
-HEAD = "probs"  # the layer a new start trains from the first step: the softmax Dense every imgtrain model ends with
 # the block a backbone's layer belongs to, from Keras' names: MobileNetV3 expanded_conv_3_..., EfficientNet(V2)
 # block2a_..., ResNet50V2 conv3_block1_..., ConvNeXt ..._stage_1_block_0_...
 BLOCK = re.compile(r"expanded_conv(?:_\d+)?_|block\d+[a-z]_|conv\d_block\d+_|stage_\d+_block_\d+_")

@@ -62,12 +62,14 @@ def new_head(model, num_classes: int):
     """`model` with its last Dense layer (imgtrain's "probs") replaced by a fresh softmax over `num_classes`."""
     import keras
 
+    from .models import HEAD
+
     names = [layer.name for layer in model.layers]
-    last = model.get_layer("probs") if "probs" in names else model.layers[-1]
+    last = model.get_layer(HEAD) if HEAD in names else model.layers[-1]
     if not isinstance(last, keras.layers.Dense):
         raise ConfigError(f"init_from: the model's last layer {last.name!r} is a {type(last).__name__}, not a Dense "
                           "layer whose classes could be replaced")
-    outputs = keras.layers.Dense(num_classes, activation="softmax", name="probs",
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name=HEAD,
                                  dtype="float32")(last.input)  # softmax in float32 under mixed precision
     return keras.Model(model.inputs, outputs, name=model.name)
 

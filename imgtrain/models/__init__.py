@@ -13,6 +13,7 @@ from ..errors import ConfigError
 from ..registry import Registry
 
 MODELS: Registry[Callable[..., keras.Model]] = Registry("model")
+HEAD = "probs"  # the name of every model's last layer, the softmax Dense: what a new start replaces and trains first
 register_model = MODELS.register
 
 AUGMENTS = {
@@ -61,4 +62,4 @@ def build_model(name: str, input_shape=(28, 28, 1), num_classes: int = 10, augme
 
 from . import backbones, cnn, cost, mlp, resnet  # noqa: E402,F401  (registers the models; cost counts FLOPs)
 
-__all__ = ["MODELS", "build_model", "register_model", "stem"]
+__all__ = ["HEAD", "MODELS", "build_model", "register_model", "stem"]
