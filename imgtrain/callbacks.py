@@ -101,8 +101,9 @@ class LastCheckpoint(Pinned, keras.callbacks.Callback):
 
 
 def seed_generators(model) -> list:
-    """Every keras.random.SeedGenerator the model's layers hold (dropout masks, augmentation draws)."""
-    found, stack = [], list(model.layers)
+    """Every keras.random.SeedGenerator the model's layers hold (dropout masks, augmentation draws); for a layer
+    that is not a model, its own and its sublayers'."""
+    found, stack = [], list(getattr(model, "layers", None) or [model])
     while stack:
         layer = stack.pop()
         stack.extend(getattr(layer, "layers", []) or [])

@@ -38,11 +38,9 @@ def cacheable(model) -> bool:
 def _draws_random(layer) -> bool:
     from .callbacks import seed_generators
 
-    if isinstance(layer, keras.Model):
-        return bool(seed_generators(layer))
     if isinstance(layer, keras.layers.Dropout) and layer.rate == 0:
         return False
-    return any(isinstance(v, keras.random.SeedGenerator) for v in vars(layer).values())
+    return bool(seed_generators(layer))
 
 
 def split_model(model):
@@ -61,12 +59,13 @@ def split_model(model):
 def _key(extractor, x: np.ndarray) -> str:
     """sha256 over the extractor's architecture and weights and the images' bytes: a changed backbone, other
     weights or other images (or another size, or order) give another key."""
+    from .data.cache import array_bytes
     from .train import weights_hash
 
     h = hashlib.sha256(extractor.to_json().encode())
     h.update(weights_hash(extractor).encode())
     h.update(str(x.shape).encode())
-    h.update(np.ascontiguousarray(x).tobytes())
+    h.update(array_bytes(x))
     return h.hexdigest()
 
 

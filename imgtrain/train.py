@@ -169,9 +169,11 @@ def peak_rss_mib() -> float | None:
 
 def weights_hash(model) -> str:
     """sha256 over every weight's bytes, in layer order: equal hashes mean bit-identical models."""
+    from .data.cache import array_bytes
+
     h = hashlib.sha256()
     for w in model.get_weights():
-        h.update(np.ascontiguousarray(w).tobytes())
+        h.update(array_bytes(w))
     return h.hexdigest()
 
 

@@ -116,6 +116,17 @@ def _decode_splits(listing: files.FileList, index: dict, size, c: int, stream: b
     return splits, row_paths
 
 
+def _relabel(split: Split, keep: list[int], num_classes: int) -> tuple[Split, np.ndarray]:
+    """(`split` with only the rows of the classes `keep` (indices), renumbered 0..len(keep)-1 in that order; the
+    positions of the rows left out)."""
+    new = np.full(num_classes, -1, np.int64)  # old label -> new label, -1 for a class left out
+    new[keep] = np.arange(len(keep))
+    y = new[split.y]
+    kept = split.take(np.flatnonzero(y >= 0))
+    kept.y = y[y >= 0]
+    return kept, np.flatnonzero(y < 0)
+
+
 def _drop_empty_classes(spec: str, listing: files.FileList, class_names: list[str], splits: dict,
                         row_paths: dict, skipped: dict):
     """(class names, splits, dropped names) without the classes that have no training images: a class the model
@@ -134,15 +145,11 @@ def _drop_empty_classes(spec: str, listing: files.FileList, class_names: list[st
         where = listing.class_paths.get(name, f"{spec} class {name!r}")
         skipped[where] = f"{noun} with no training images ({why}): skipped"
     kept_at = [i for i, k in enumerate(counts) if k > 0]
-    new_index = np.full(len(class_names), -1, np.int64)  # old label -> new label, -1 for a dropped class
-    new_index[kept_at] = np.arange(len(kept_at))
     out = {}
     for split, part in splits.items():
-        y = new_index[part.y]
-        for i in np.flatnonzero(y < 0):
+        out[split], left_out = _relabel(part, kept_at, len(class_names))
+        for i in left_out:
             skipped[row_paths[split][i]] = f"its class {class_names[part.y[i]]!r} has no training images"
-        out[split] = part.take(np.flatnonzero(y >= 0))
-        out[split].y = y[y >= 0]
     return [class_names[i] for i in kept_at], out, dropped
 
 
@@ -199,15 +206,10 @@ def keep_classes(ds: Dataset, classes: list) -> Dataset:
         else:
             raise DataError(f"{ds.name}: unknown class {c!r}; classes: {', '.join(ds.class_names)}")
     order = sorted(set(wanted))
-    new = np.full(ds.num_classes, -1, np.int64)
-    new[order] = np.arange(len(order))
     for part in ("train", "val", "test"):
-        split = getattr(ds, part)
-        if split is not None:
-            kept = split.take(np.flatnonzero(new[split.y] >= 0))
-            kept.y = new[kept.y]
-            setattr(ds, part, kept)
-    dropped = [n for i, n in enumerate(ds.class_names) if new[i] < 0]
+        if getattr(ds, part) is not None:
+            setattr(ds, part, _relabel(getattr(ds, part), order, ds.num_classes)[0])
+    dropped = [n for i, n in enumerate(ds.class_names) if i not in order]
     ds.class_names = [ds.class_names[i] for i in order]
     ds.notes.append(f"classes kept: {', '.join(ds.class_names)} (left out: {', '.join(dropped) or 'none'})")
     return ds

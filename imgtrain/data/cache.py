@@ -27,6 +27,12 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def array_bytes(a: np.ndarray) -> np.ndarray:
+    """`a`'s bytes as a flat uint8 view, for hashing without copying the array (`tobytes` would copy it: 1.5 GB
+    for 10,000 images at 224x224x3); works for any dtype, bfloat16 included."""
+    return np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+
+
 _writing: dict[Path, threading.Thread] = {}  # cache files this process is still writing, by path
 
 
