@@ -22,7 +22,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 # imgtrain's settings for the seed models (side B); the learning rate is scaled with the batch
 FAST = dict(precision="mixed_bfloat16", batch_size=256, schedule="onecycle", learning_rate=3e-3, seed=0)
@@ -117,11 +116,11 @@ def training_pair(name: str, dataset: str, epochs: int, limit: int | None, log) 
     ds = load_dataset(dataset, val_split=0.0, train_limit=limit, test_limit=limit and max(1000, limit // 6))
     x, y, xt, yt = ds.train.x, ds.train.y, ds.test.x, ds.test.y
     if name == "seed000":  # the note's preprocessing: float64 pixels / 255 in NumPy, sparse labels, batch 100
-        seed_model, seed_batch, seed_y, seed_yt = seed000_model(), 100, y, yt
+        seed_model, seed_batch, seed_y = seed000_model(), 100, y
         ours = dict(model="cnn_small")
     else:  # seed 004 on Fashion-MNIST: float32 / 255, one-hot labels, batch 200
         seed_model, seed_batch = seed004_model(), 200
-        seed_y, seed_yt = keras.utils.to_categorical(y, 10), keras.utils.to_categorical(yt, 10)
+        seed_y = keras.utils.to_categorical(y, 10)
         ours = dict(model="cnn_bn")
     xa = (x / 255.0) if name == "seed000" else x.astype("float32") / 255
     xta = (xt / 255.0) if name == "seed000" else xt.astype("float32") / 255
@@ -189,108 +188,6 @@ def _timed(fn) -> float:
     return time.perf_counter() - t
 
 
-# ----- the folder pipeline (seed 004's Dogs-vs-Cats path) -----
-
-def make_jpeg_folder(root: Path, n: int, size=(320, 240), seed: int = 0) -> Path:
-    """n photo-like JPEGs (smooth colour fields with shapes and grain), half in cats/, half in dogs/."""
-    from PIL import Image, ImageDraw
-
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        folder = root / ("cats" if i % 2 else "dogs")
-        folder.mkdir(parents=True, exist_ok=True)
-        small = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
-        im = Image.fromarray(small).resize(size, Image.BICUBIC)
-        draw = ImageDraw.Draw(im)
-        for _ in range(3):
-            x0, y0 = rng.integers(0, size[0] - 40), rng.integers(0, size[1] - 40)
-            draw.ellipse([x0, y0, x0 + rng.integers(20, 120), y0 + rng.integers(20, 100)],
-                         fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
-        grain = rng.normal(0, 6, (size[1], size[0], 3))
-        im = Image.fromarray(np.clip(np.asarray(im) + grain, 0, 255).astype(np.uint8))
-        im.save(folder / f"{i}.jpg", quality=90)
-    return root
-
-
-def folder_pipeline(n: int, train_images: int, log) -> dict:
-    """Input pipeline img/s on n generated 320x240 JPEGs resized to 128x128 with seed 004's augmentation, and
-    training img/s of seed 004's Dogs-vs-Cats CNN on 128x128x3 (seed code against imgtrain)."""
-    import keras
-    import tensorflow as tf
-
-    from .backend import precision
-    from .batchnorm import fused_batchnorm
-    from .callbacks import EpochStats
-    from .data import load_dataset
-    from .data.batches import ArrayBatches
-    from .data.cache import wait_for_writes
-    from .models import AUGMENTS
-
-    out = {"images": n, "source_size": [320, 240], "size": [128, 128]}
-    with tempfile.TemporaryDirectory() as tmp:
-        root = make_jpeg_folder(Path(tmp) / "pets", n)
-        from keras.src.legacy.preprocessing.image import ImageDataGenerator  # Keras 3 keeps it only here
-
-        gen = ImageDataGenerator(rotation_range=15, rescale=1.0 / 255, shear_range=0.1, zoom_range=0.2,
-                                 horizontal_flip=True, width_shift_range=0.1, height_shift_range=0.1)
-        flow = gen.flow_from_directory(str(root), target_size=(128, 128), batch_size=15, class_mode="categorical")
-        out["seed_imagedatagenerator_images_per_s"] = n / _timed(lambda: [flow[i] for i in range(len(flow))])
-        log(f"  folder: seed ImageDataGenerator {out['seed_imagedatagenerator_images_per_s']:,.0f} img/s")
-
-        old = os.environ.get("IMGTRAIN_DATA")
-        os.environ["IMGTRAIN_DATA"] = str(Path(tmp) / "cache")  # a cold decode cache
-        loaded = []
-
-        def load():
-            loaded.append(load_dataset(f"folder:{root}", image_size=(128, 128), channels=3, val_split=0.0,
-                                       test_split=0.0, stream=False))
-
-        try:
-            out["imgtrain_first_epoch_images_per_s"] = n / _timed(load)  # decodes every file (the cache is
-            wait_for_writes()                                             # written in the background meanwhile)
-            out["imgtrain_cached_load_images_per_s"] = n / _timed(load)  # what the next run reads
-        finally:
-            os.environ.pop("IMGTRAIN_DATA") if old is None else os.environ.__setitem__("IMGTRAIN_DATA", old)
-        ds = loaded[-1]
-        batches = ArrayBatches(ds.train.x, ds.train.y, 64, seed=0)
-        out["imgtrain_later_epoch_images_per_s"] = n / _timed(lambda: [batches[i] for i in range(len(batches))])
-        # the augmentation runs inside the model's compiled train step, on the batch; timed here on its own
-        augment = keras.Sequential(AUGMENTS["seed004"]())
-        step = tf.function(lambda xb: augment(tf.cast(xb, tf.float32), training=True))
-        step(batches[0][0])  # trace once
-        full = range(len(batches) - 1)  # full batches only: the last, shorter one would trace again
-        out["augmentation_images_per_s"] = 64 * len(full) / _timed(lambda: [step(batches[i][0]).numpy() for i in full])
-        log(f"  folder: imgtrain decode {out['imgtrain_first_epoch_images_per_s']:,.0f} img/s, cache "
-            f"{out['imgtrain_cached_load_images_per_s']:,.0f} img/s, later epochs "
-            f"{out['imgtrain_later_epoch_images_per_s']:,.0f} img/s, augmentation layers "
-            f"{out['augmentation_images_per_s']:,.0f} img/s")
-
-    # training throughput of the Dogs-vs-Cats CNN (0.9 GFLOP per training image): arrays in memory, 2 rounds each
-    x = np.random.default_rng(0).integers(0, 256, (train_images, 128, 128, 3), dtype=np.uint8)
-    y = np.arange(train_images) % 2
-    seed_model = seed004_model((128, 128, 3), 2, dense=512, drop=(0.25, 0.5))
-    xa, ya = x.astype("float32") / 255, keras.utils.to_categorical(y, 2)
-    from .models import build_model
-
-    with precision("mixed_bfloat16"):
-        model = build_model("cnn_bn", (128, 128, 3), 2, dense=512, conv_dropout=0.25, dropout=0.5)
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", jit_compile=False)
-    seconds_a, seconds_b = [], []
-    for epoch in range(3):
-        seconds_a += seed_model.fit(xa, ya, batch_size=15, epochs=epoch + 1, initial_epoch=epoch, verbose=0,
-                                    callbacks=[EpochStats()]).history["epoch_seconds"]
-        with fused_batchnorm("tensorflow"):
-            seconds_b += model.fit(ArrayBatches(x, y, 64, seed=0, epoch=epoch), epochs=epoch + 1,
-                                   initial_epoch=epoch, shuffle=False, verbose=0,
-                                   callbacks=[EpochStats()]).history["epoch_seconds"]
-    out["train_mflop_per_image"] = 3 * forward_flops(seed_model) / 1e6
-    out["seed_train_images_per_s"] = train_images / statistics.median(seconds_a[1:])
-    out["imgtrain_train_images_per_s"] = train_images / statistics.median(seconds_b[1:])
-    log(f"  dogs-vs-cats CNN 128x128: seed {out['seed_train_images_per_s']:,.0f} img/s, imgtrain "
-        f"{out['imgtrain_train_images_per_s']:,.0f} img/s")
-    return out
-
-
 # ----- time to accuracy: cold `imgtrain train --preset NAME` processes -----
 
 def preset_runs(names: list[str], repeats: int, log) -> dict:
@@ -326,31 +223,35 @@ def preset_runs(names: list[str], repeats: int, log) -> dict:
 
 # ----- the whole benchmark -----
 
-def run_bench(quick: bool = False, presets: list[str] | None = None, repeats: int = 3, log=print) -> dict:
+SECTIONS = ("training", "folder", "transfer")  # `--section`: what a run of the bench measures
+
+
+def run_bench(quick: bool = False, presets: list[str] | None = None, repeats: int = 3, log=print,
+              sections=SECTIONS) -> dict:
     import keras
     import tensorflow as tf
 
     cpu, flags = cpu_info()
-    n = 2048 if quick else 4096
     result = {"date": time.strftime("%Y-%m-%d"), "quick": quick,
               "machine": {"cpu": cpu, "cores": os.cpu_count(), "bf16": bool({"avx512_bf16", "amx_bf16"} & flags),
                           "python": platform.python_version(), "keras": keras.__version__,
                           "tensorflow": tf.__version__}}
-    result["matmul_gflops"] = {"float32": matmul_flops(n, "float32") / 1e9,
-                               "bfloat16": matmul_flops(n, "bfloat16") / 1e9}
-    log(f"matmul {n}x{n}: {result['matmul_gflops']['float32']:.0f} GFLOP/s float32, "
-        f"{result['matmul_gflops']['bfloat16']:.0f} GFLOP/s bfloat16")
-    epochs, limit = (2, 6000) if quick else (5, None)
-    result["training"] = {}
-    for name, dataset in (("seed000", "mnist"), ("seed004", "fashion_mnist")):
-        log(f"{name} on {dataset}: {epochs} epochs each, alternating")
-        pair = training_pair(name, dataset, epochs, limit, log)
-        for side, peak in (("seed", "float32"), ("imgtrain", "bfloat16")):
-            pair[side]["peak_fraction"] = (pair[side]["images_per_s"] * pair["mflop_per_train_image"] * 1e6
-                                           / (result["matmul_gflops"][peak] * 1e9))
-        result["training"][name] = pair
-    log("folder pipeline")
-    result["folder"] = folder_pipeline(600 if quick else 3000, 64 if quick else 480, log)
+    if "training" in sections:
+        n = 2048 if quick else 4096
+        result["matmul_gflops"] = {"float32": matmul_flops(n, "float32") / 1e9,
+                                   "bfloat16": matmul_flops(n, "bfloat16") / 1e9}
+        log(f"matmul {n}x{n}: {result['matmul_gflops']['float32']:.0f} GFLOP/s float32, "
+            f"{result['matmul_gflops']['bfloat16']:.0f} GFLOP/s bfloat16")
+        result["training"] = training_pairs(quick, result["matmul_gflops"], log)
+    if "folder" in sections:
+        from .bench_folder import folder_pipeline
+
+        log("folder pipeline")
+        result["folder"] = folder_pipeline(600 if quick else 3000, 64 if quick else 480, log)
+    if "transfer" in sections:
+        from .bench_transfer import transfer_bench
+
+        result["transfer"] = {"date": result["date"], "machine": result["machine"], **transfer_bench(quick, log)}
     if presets:
         log("time to accuracy (cold processes)")
         result["presets"] = preset_runs(presets, repeats, log)
@@ -360,34 +261,45 @@ def run_bench(quick: bool = False, presets: list[str] | None = None, repeats: in
     return result
 
 
+def training_pairs(quick: bool, gflops: dict, log) -> dict:
+    epochs, limit = (2, 6000) if quick else (5, None)
+    out = {}
+    for name, dataset in (("seed000", "mnist"), ("seed004", "fashion_mnist")):
+        log(f"{name} on {dataset}: {epochs} epochs each, alternating")
+        pair = training_pair(name, dataset, epochs, limit, log)
+        for side, peak in (("seed", "float32"), ("imgtrain", "bfloat16")):
+            pair[side]["peak_fraction"] = (pair[side]["images_per_s"] * pair["mflop_per_train_image"] * 1e6
+                                           / (gflops[peak] * 1e9))
+        out[name] = pair
+    return out
+
+
+def merged(result: dict, earlier: dict | None) -> dict:
+    """`result` with the sections it did not measure taken from an earlier results.json (`--section` runs one
+    part of the bench without losing the others' tables); each keeps the date it was measured."""
+    if not earlier:
+        return result
+    kept = {k: v for k, v in earlier.items() if k not in result and k in (*SECTIONS, "matmul_gflops", "presets")}
+    if "training" in kept:  # the header's date and machine are those of the seed tables
+        kept.update({k: earlier[k] for k in ("date", "machine", "quick") if k in earlier})
+    return {**result, **kept}
+
+
 def markdown(result: dict) -> str:
     m = result["machine"]
     lines = [f"Measured {result['date']} on {m['cpu']} ({m['cores']} cores, bfloat16 "
              f"{'yes' if m['bf16'] else 'no'}), Keras {m['keras']}, TensorFlow {m['tensorflow']}"
-             + (" — quick mode, small sizes" if result["quick"] else "") + ".",
-             f"Matmul ceiling: {result['matmul_gflops']['float32']:.0f} GFLOP/s float32, "
-             f"{result['matmul_gflops']['bfloat16']:.0f} GFLOP/s bfloat16.", "",
-             "| job | seed code img/s | imgtrain img/s | speed-up | imgtrain step alone img/s (× seed) | "
-             "seed test acc | imgtrain test acc | share of peak (seed / imgtrain) | inference img/s (seed / imgtrain) |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for name, p in result["training"].items():
-        a, b, inf = p["seed"], p["imgtrain"], p["inference"]
-        alone = f"{b['step_only_images_per_s']:,.0f} ({p['step_only_speedup']:.2f}×)"
-        lines.append(f"| {name} ({p['dataset']}, {p['epochs']} epochs) | {a['images_per_s']:,.0f} | "
-                     f"{b['images_per_s']:,.0f} | **{p['speedup']:.2f}×** | {alone} | {a['test_accuracy']:.4f} | "
-                     f"{b['test_accuracy']:.4f} | {a['peak_fraction']:.0%} / {b['peak_fraction']:.0%} | "
-                     f"{inf['seed_images_per_s']:,.0f} / {inf['imgtrain_images_per_s']:,.0f} |")
-    f = result["folder"]
-    lines += ["", f"Folder pipeline, {f['images']} JPEGs 320×240 → 128×128, seed 004's augmentation:", "",
-              "| path | img/s |", "|---|---|",
-              f"| seed `ImageDataGenerator` (one epoch) | {f['seed_imagedatagenerator_images_per_s']:,.0f} |",
-              f"| imgtrain first epoch (decode at reduced size, threads) | {f['imgtrain_first_epoch_images_per_s']:,.0f} |",
-              f"| imgtrain next run (uint8 cache by path, size, mtime) | {f['imgtrain_cached_load_images_per_s']:,.0f} |",
-              f"| imgtrain later epochs (uint8 batches in memory) | {f['imgtrain_later_epoch_images_per_s']:,.0f} |",
-              f"| seed 004's augmentation as Keras layers (in the train step, on the batch) | "
-              f"{f['augmentation_images_per_s']:,.0f} |",
-              f"| training, Dogs-vs-Cats CNN ({f['train_mflop_per_image']:.0f} MFLOP/img): seed → imgtrain | "
-              f"{f['seed_train_images_per_s']:,.0f} → {f['imgtrain_train_images_per_s']:,.0f} |"]
+             + (" — quick mode, small sizes" if result["quick"] else "") + "."]
+    if "training" in result:
+        lines += training_markdown(result)
+    if "folder" in result:
+        from .bench_folder import markdown as folder_markdown
+
+        lines += folder_markdown(result["folder"])
+    if "transfer" in result:
+        from .bench_transfer import markdown as transfer_markdown
+
+        lines += transfer_markdown(result["transfer"])
     if result.get("presets"):
         lines += ["", "Time to accuracy, cold `imgtrain train --preset NAME` (median of "
                   f"{len(next(iter(result['presets'].values()))['runs'])} runs):", "",
@@ -399,3 +311,19 @@ def markdown(result: dict) -> str:
                          f"{max(r['peak_rss_mib'] or 0 for r in p['runs']):,.0f} |")
     lines += ["", f"Peak RSS of the benchmark process: {result['peak_rss_mib'] or 0:,.0f} MiB."]
     return "\n".join(lines)
+
+
+def training_markdown(result: dict) -> list[str]:
+    lines = [f"Matmul ceiling: {result['matmul_gflops']['float32']:.0f} GFLOP/s float32, "
+             f"{result['matmul_gflops']['bfloat16']:.0f} GFLOP/s bfloat16.", "",
+             "| job | seed code img/s | imgtrain img/s | speed-up | imgtrain step alone img/s (× seed) | "
+             "seed test acc | imgtrain test acc | share of peak (seed / imgtrain) | inference img/s (seed / imgtrain) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, p in result["training"].items():
+        a, b, inf = p["seed"], p["imgtrain"], p["inference"]
+        alone = f"{b['step_only_images_per_s']:,.0f} ({p['step_only_speedup']:.2f}×)"
+        lines.append(f"| {name} ({p['dataset']}, {p['epochs']} epochs) | {a['images_per_s']:,.0f} | "
+                     f"{b['images_per_s']:,.0f} | **{p['speedup']:.2f}×** | {alone} | {a['test_accuracy']:.4f} | "
+                     f"{b['test_accuracy']:.4f} | {a['peak_fraction']:.0%} / {b['peak_fraction']:.0%} | "
+                     f"{inf['seed_images_per_s']:,.0f} / {inf['imgtrain_images_per_s']:,.0f} |")
+    return lines

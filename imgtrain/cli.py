@@ -106,20 +106,30 @@ def bench(
     presets_: List[str] = typer.Option([], "--preset", help="also time cold `train --preset NAME` runs "
                                                              "(repeatable; 'all' for every preset)"),
     repeats: int = typer.Option(3, "--repeats", help="runs per preset; the table gives the median"),
+    sections: List[str] = typer.Option([], "--section", help="measure only these parts (repeatable): training, "
+                                                             "folder, transfer; the others' tables are kept from "
+                                                             "OUT/results.json"),
     out: Path = typer.Option(Path("benchmarks"), "--out", "-o", help="folder for results.json and results.md"),
 ):
-    """Seed code against imgtrain on the seed models: training and inference img/s, accuracy, folder pipeline."""
+    """Seed code against imgtrain on the seed models (training and inference img/s, accuracy), the folder
+    pipeline, and fine-tuning a backbone against Keras' transfer-learning guide."""
     from .backend import use_backend
-
-    use_backend("tensorflow")  # the seeds' backend, and the fastest on CPU
-    from .bench import markdown, run_bench
+    from .bench import SECTIONS, markdown, merged, run_bench
+    from .errors import UnknownName
     from .presets import PRESETS
     from .saving import atomic_write, atomic_write_json
 
+    for name in sections:
+        if name not in SECTIONS:
+            raise UnknownName("bench section", name, list(SECTIONS))
     names = PRESETS.names() if "all" in presets_ else presets_
     for name in names:
         PRESETS.get(name)  # unknown names fail before anything runs
-    result = run_bench(quick=quick, presets=names, repeats=repeats, log=lambda m: typer.echo(m, err=True))
+    use_backend("tensorflow")  # the seeds' backend, and the fastest on CPU
+    result = run_bench(quick=quick, presets=names, repeats=repeats, log=lambda m: typer.echo(m, err=True),
+                       sections=sections or SECTIONS)
+    if sections and (out / "results.json").is_file():
+        result = merged(result, json.loads((out / "results.json").read_text()))
     table = markdown(result)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "results.json", result)

@@ -44,7 +44,7 @@ class TrainConfig(BaseModel):
                              "rest of the epochs train the body too. Each stage has its own schedule")
     cache_features: bool = Field(
         True, description="frozen stage: compute the body's output once (kept on disk) and train the head on it, "
-                          "when nothing random acts before the head (no augmentation) and the data is in memory")
+                          "when nothing random acts before the head (no augmentation); streamed folders too")
     unfreeze: int = Field(0, ge=0, description="after the frozen stage, train only the last N blocks of the body (and "
                                                "the head); 0: the whole body")
     backbone_lr_mult: float = Field(

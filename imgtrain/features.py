@@ -3,8 +3,10 @@ the body's output for each image is the same in every epoch, so it is computed o
 the body's weights and the images' bytes) and the head trains on it. The head's layers are shared with the whole
 model, so what the head learns is in the model that is saved, exported and served.
 
-Used by stages.fit_stages when `cache_features` is on (the default) and the split is in memory; a streamed split,
-augmentation, or dropout inside the body trains through the frozen body instead.
+Used by stages.fit_stages when `cache_features` is on (the default), in memory or streamed: a streamed folder is
+decoded once for its features, and its features (a few KB an image) are what the head trains on, so the frozen
+stage of a 10,000-photo folder neither decodes it each epoch nor holds its pixels. Augmentation, or dropout inside
+the body, trains through the frozen body instead.
 """
 from __future__ import annotations
 
@@ -56,16 +58,21 @@ def split_model(model):
     return extractor, keras.Model(inputs, x, name="head")
 
 
-def _key(extractor, x: np.ndarray) -> str:
-    """sha256 over the extractor's architecture and weights and the images' bytes: a changed backbone, other
-    weights or other images (or another size, or order) give another key."""
+def _key(extractor, images: np.ndarray | list[str], shape) -> str:
+    """sha256 over the extractor's architecture and weights and the images: their bytes (in memory) or every
+    file's (path, size, mtime) and the decoded shape (streamed, as the decode cache keys them). A changed backbone,
+    other weights or other images (or another size, or order) give another key."""
     from .data.cache import array_bytes
+    from .data.files import listing_hash
     from .train import weights_hash
 
     h = hashlib.sha256(extractor.to_json().encode())
     h.update(weights_hash(extractor).encode())
-    h.update(str(x.shape).encode())
-    h.update(array_bytes(x))
+    h.update(str(tuple(shape)).encode())
+    if isinstance(images, np.ndarray):
+        h.update(array_bytes(images))
+    else:
+        h.update(listing_hash(images, [""] * len(images)).encode())
     return h.hexdigest()
 
 
@@ -77,4 +84,30 @@ def cached_features(extractor, x: np.ndarray, batch_size: int = 256) -> np.ndarr
     def build():
         return {"features": predict_arrays(extractor, x, batch_size).astype(np.float32)}
 
-    return load_cached("features", _key(extractor, x), build)["features"]
+    return load_cached("features", _key(extractor, x, x.shape), build)["features"]
+
+
+def split_features(extractor, split, skipped: dict, batch_size: int = 256):
+    """`split` with the extractor's output in place of its images (a Split in memory). A streamed split is
+    decoded batch by batch and only the features are kept; its undecodable files are left out and recorded in
+    `skipped`, on the run that computes the features and on every run that reads them back."""
+    from .data.cache import load_cached
+    from .data.dataset import Split
+    from .errors import DataError
+    from .evaluate import predict_probs
+
+    if split.in_memory:
+        return Split(split.y, x=cached_features(extractor, split.x, batch_size))
+
+    def build():
+        bad = {}
+        features, _, rows = predict_probs(extractor, split, batch_size, skipped=bad)
+        return {"features": features.astype(np.float32), "rows": rows,
+                "bad_paths": np.array(list(bad), dtype=str), "bad_reasons": np.array(list(bad.values()), dtype=str)}
+
+    shape = extractor.input_shape[1:]
+    arrays = load_cached("features", _key(extractor, split.paths, shape), build)
+    skipped.update(zip(arrays["bad_paths"].tolist(), arrays["bad_reasons"].tolist()))
+    if not len(arrays["rows"]):
+        raise DataError(f"none of the {len(split)} files of this split could be decoded")
+    return Split(split.y[arrays["rows"]], x=arrays["features"])

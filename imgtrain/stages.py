@@ -75,22 +75,20 @@ def _cached_head(cluster, ds, model, onehot: int, begin: int, log: logging.Logge
     stage must train through the body (features.py says when)."""
     import time
 
-    from .data.dataset import Split
-    from .features import cacheable, cached_features, split_model
+    from .features import cacheable, split_features, split_model
     from .train import fit_inputs
 
     cfg = cluster.config
-    in_memory = ds.train.in_memory and (ds.val is None or ds.val.in_memory)
-    if not (cfg.cache_features and in_memory and not cluster.sharding and cacheable(model)):
+    if not (cfg.cache_features and not cluster.sharding and cacheable(model)):
         return None
     t0 = time.perf_counter()
     extractor, head = split_model(model)
-    features = cached_features(extractor, ds.train.x)
-    batches = fit_inputs(Split(ds.train.y, x=features), cfg, features.shape[1:], onehot, True, {}, begin)
+    train = split_features(extractor, ds.train, ds.skipped)
+    features = train.x
+    batches = fit_inputs(train, cfg, features.shape[1:], onehot, True, {}, begin)
     val = None
     if ds.val is not None and len(ds.val):
-        val = fit_inputs(Split(ds.val.y, x=cached_features(extractor, ds.val.x)), cfg, features.shape[1:], onehot,
-                         False, {})
+        val = fit_inputs(split_features(extractor, ds.val, ds.skipped), cfg, features.shape[1:], onehot, False, {})
     log.info("frozen stage on cached features: %d values an image, %.1f s to compute or read", features.shape[-1],
              time.perf_counter() - t0)
     return head, batches, val
@@ -101,50 +99,67 @@ def fit_stages(cluster, ds, model, data: tuple, callbacks: list, weights, first:
     """Keras' fit over epochs first..last_epoch, one call per stage (a frozen stage, then the body): each stage
     sets what trains, gets its own optimizer and schedule, and is compiled anew; a frozen stage trains the head
     on cached features where it can (_cached_head). A resumed run continues its stage with the checkpoint's
-    optimizer state (`saved_optimizer`). Returns the merged history."""
+    optimizer state (`saved_optimizer`). A pretrained body's BatchNormalization keeps its statistics in every
+    stage (batchnorm.frozen_statistics). Returns the merged history."""
+    from .batchnorm import frozen_statistics
+
+    history = {}
+    with frozen_statistics(model) as held:
+        if held:
+            log.info("%d BatchNormalization layers of the pretrained body keep their statistics (inference mode)",
+                     held)
+        for stage in stages(cluster.config):
+            begin, end = max(first, stage.start), min(stage.end, last_epoch)
+            if begin >= end:
+                continue
+            got = _fit_stage(cluster, ds, model, data, callbacks, weights, stage, begin, end, first,
+                             saved_optimizer if stage.start < first else None, log)
+            for key, values in got.items():
+                history.setdefault(key, []).extend(values)
+            if model.stop_training:  # early stopping, Ctrl-C or a pruned trial ends the run, whatever its stage
+                break
+    return history
+
+
+def _fit_stage(cluster, ds, model, data: tuple, callbacks: list, weights, stage: Stage, begin: int, end: int,
+               first: int, saved_optimizer, log: logging.Logger) -> dict:
+    """One stage's `fit` over epochs begin..end; `saved_optimizer`: the state to continue from (a run resumed
+    inside this stage). Returns its history."""
     from .callbacks import EpochStats, Pinned, Resumable
     from .schedules import make_optimizer, restore_optimizer
     from .train import compile_model, progress_mode
 
     cfg = cluster.config
-    plan, history = stages(cfg), {}
-    for stage in plan:
-        begin, end = max(first, stage.start), min(stage.end, last_epoch)
-        if begin >= end:
-            continue
-        if cfg.freeze_epochs or cfg.unfreeze:
-            set_trainable(model, stage, cfg.unfreeze)
-        mult = body_lr_mult(cfg, stage)
-        optimizer = make_optimizer(cfg, len(data[0]), epochs=stage.end - stage.start, body_mult=mult)
-        if saved_optimizer is not None and stage.start < first:  # resumed inside this stage (at its start: anew)
-            restore_optimizer(optimizer, saved_optimizer, model.trainable_variables)
-        onehot = compile_model(model, cfg, ds.num_classes, optimizer)
-        if len(plan) > 1 or mult != 1.0:
-            log.info("stage %d: epochs %d-%d, %s, %d trainable weights, body learning rate x %g", stage.number,
-                     begin + 1, end, "the head alone" if stage.trains == "head" else "head and body",
-                     len(model.trainable_weights), mult)
-        fitting, train_data, val = model, *data
-        cached = _cached_head(cluster, ds, model, onehot, begin, log) if stage.trains == "head" else None
-        if cached:
-            fitting, train_data, val = cached
-            compile_model(fitting, cfg, ds.num_classes, optimizer)  # the same optimizer: the model saves its state
-        for cb in callbacks:
-            if isinstance(cb, Pinned):
-                cb.pin = model
-            if isinstance(cb, EpochStats):
-                cb.stage = stage.number if cfg.freeze_epochs else None  # a frozen stage: say which is which
-            if isinstance(cb, Resumable) and begin > first:  # a later stage starts where the last one left off
-                cb.restore = cb.snapshot()
-        train_data.start_at(begin)  # its epoch count follows Keras' on_epoch_end calls, which a new fit does not reset
-        # shuffle=False: the batches already come in the (seed, epoch) order; Keras would reorder them with the
-        # global NumPy generator, whose state a resumed process does not have
-        got = fitting.fit(train_data, validation_data=val, epochs=end, initial_epoch=begin, shuffle=False,
-                          validation_batch_size=cfg.batch_size if isinstance(val, tuple) else None,
-                          callbacks=callbacks, class_weight=weights,
-                          verbose=progress_mode(cfg) if cluster.chief else 0).history
-        for key, values in got.items():
-            history.setdefault(key, []).extend(values)
-        if fitting.stop_training:  # early stopping, Ctrl-C or a pruned trial ends the run, whatever stage it is in
-            model.stop_training = True
-            break
-    return history
+    if cfg.freeze_epochs or cfg.unfreeze:
+        set_trainable(model, stage, cfg.unfreeze)
+    mult = body_lr_mult(cfg, stage)
+    optimizer = make_optimizer(cfg, len(data[0]), epochs=stage.end - stage.start, body_mult=mult)
+    if saved_optimizer is not None:
+        restore_optimizer(optimizer, saved_optimizer, model.trainable_variables)
+    onehot = compile_model(model, cfg, ds.num_classes, optimizer)
+    if len(stages(cfg)) > 1 or mult != 1.0:
+        log.info("stage %d: epochs %d-%d, %s, %d trainable weights, body learning rate x %g", stage.number,
+                 begin + 1, end, "the head alone" if stage.trains == "head" else "head and body",
+                 len(model.trainable_weights), mult)
+    fitting, train_data, val = model, *data
+    cached = _cached_head(cluster, ds, model, onehot, begin, log) if stage.trains == "head" else None
+    if cached:
+        fitting, train_data, val = cached
+        compile_model(fitting, cfg, ds.num_classes, optimizer)  # the same optimizer: the model saves its state
+    for cb in callbacks:
+        if isinstance(cb, Pinned):
+            cb.pin = model
+        if isinstance(cb, EpochStats):
+            cb.stage = stage.number if cfg.freeze_epochs else None  # a frozen stage: say which is which
+        if isinstance(cb, Resumable) and begin > first:  # a later stage starts where the last one left off
+            cb.restore = cb.snapshot()
+    train_data.start_at(begin)  # its epoch count follows Keras' on_epoch_end calls, which a new fit does not reset
+    # shuffle=False: the batches already come in the (seed, epoch) order; Keras would reorder them with the
+    # global NumPy generator, whose state a resumed process does not have
+    got = fitting.fit(train_data, validation_data=val, epochs=end, initial_epoch=begin, shuffle=False,
+                      validation_batch_size=cfg.batch_size if isinstance(val, tuple) else None,
+                      callbacks=callbacks, class_weight=weights,
+                      verbose=progress_mode(cfg) if cluster.chief else 0).history
+    if fitting.stop_training:
+        model.stop_training = True
+    return got

@@ -202,10 +202,11 @@ def test_bench_quick_runs_and_writes_its_tables(tmp_path):
     """Timings never gate a test, but how the bench derives and tabulates them can be wrong: each rate is the images
     over the median of the epochs after the first, each ratio is the two rates it names, the FLOP counts are those
     of the seed models (worked out by hand below), and the markdown table shows the JSON's figures."""
-    proc = run_cli("bench", "--quick", "--out", tmp_path / "b", timeout=600)
+    proc = run_cli("bench", "--quick", "--section", "training", "--section", "folder", "--out", tmp_path / "b",
+                   timeout=600)
     result = json.loads((tmp_path / "b" / "results.json").read_text())
     table = (tmp_path / "b" / "results.md").read_text()
-    assert table.strip() in proc.stdout and result["quick"] and "quick mode" in table
+    assert table.strip() in proc.stdout and result["quick"] and "quick mode" in table and "transfer" not in result
     # forward FLOPs (a multiply-add counts 2), times 3 for a training step. seed000: conv 28x28x9x1x32, conv
     # 14x14x9x32x64, dense 3136x256, 256x10. seed004 ('valid' convs): 26x26x9x1x32, 11x11x9x32x64, 3x3x9x64x128,
     # dense 128x64, 64x10. Dogs-vs-Cats at 128x128x3: 126x126x27x32, 61x61x9x32x64, 28x28x9x64x128, 25088x512, 512x2.
@@ -258,3 +259,56 @@ def test_bench_quick_runs_and_writes_its_tables(tmp_path):
     assert f"{folder['train_mflop_per_image']:.0f} MFLOP/img" in dogs
     assert f"{result['matmul_gflops']['float32']:.0f} GFLOP/s float32" in table
     assert result["peak_rss_mib"] > 100 and f"{result['peak_rss_mib']:,.0f} MiB" in table
+
+    # the transfer section alone, into the same folder: it adds its table and keeps the others as they were
+    run_cli("bench", "--quick", "--section", "transfer", "--out", tmp_path / "b", timeout=600)
+    again = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert again["training"] == result["training"] and again["folder"] == result["folder"]
+    assert again["date"] == result["date"] and again["matmul_gflops"] == result["matmul_gflops"]
+    tables = (tmp_path / "b" / "results.md").read_text()
+    for line in table.splitlines():
+        if line.startswith("| seed0") or line.startswith("| imgtrain"):
+            assert line in tables.splitlines(), line
+    _check_transfer(again["transfer"], tables)
+
+
+def _check_transfer(t: dict, table: str) -> None:
+    """The transfer section's figures: rates are the images over the median of a stage's epochs after its first,
+    speed-ups are the guide's epoch time over the side's, imgtrain's first frozen epoch adds the decode and the
+    features to it, and the table shows these figures."""
+    n = 128
+    assert (t["backbone"], t["images"], t["size"], t["batch_size"]) == ("mobilenet_v3_small", n, [96, 96], 64)
+    later = {side: {k: statistics.median(t[side][f"{k}_epoch_s"][1:]) for k in ("frozen", "tune")}
+             for side in ("guide", "float32", "mixed_bfloat16")}
+    for side in ("guide", "float32", "mixed_bfloat16"):
+        s = t[side]
+        # the guide's fine-tune: its first epoch, then one after each of imgtrain float32's (alternated)
+        assert len(s["frozen_epoch_s"]) == 2 and len(s["tune_epoch_s"]) == (3 if side == "guide" else 2)
+        assert min(s["frozen_epoch_s"]) > 0
+        for k in ("frozen", "tune"):
+            assert s[f"{k}_images_per_s"] == pytest.approx(n / later[side][k], rel=1e-12)
+            assert s[f"{k}_speedup"] == pytest.approx(later["guide"][k] / later[side][k], rel=1e-12)
+    for side in ("float32", "mixed_bfloat16"):
+        s = t[side]
+        assert s["feature_values"] == 576  # MobileNetV3Small's last convolution, pooled
+        assert s["first_frozen_s"] == pytest.approx(n / t["decode_images_per_s"] + s["features_s"]
+                                                    + s["frozen_epoch_s"][0], rel=1e-12)
+    frozen = _cells(table, "frozen stage, later epochs img/s")
+    tune = _cells(table, "fine-tune stage img/s")
+    assert _num(frozen[0]) == pytest.approx(t["guide"]["frozen_images_per_s"], abs=0.5)
+    assert _num(tune[0]) == pytest.approx(t["guide"]["tune_images_per_s"], abs=0.05)
+    for cell, speed, side in ((frozen[1], "frozen", "float32"), (frozen[2], "frozen", "mixed_bfloat16"),
+                              (tune[1], "tune", "float32"), (tune[2], "tune", "mixed_bfloat16")):
+        rate, times = cell.split(" (")
+        assert _num(rate) == pytest.approx(t[side][f"{speed}_images_per_s"], abs=0.5)
+        assert _num(times.rstrip(")")) == pytest.approx(t[side][f"{speed}_speedup"], abs=0.5 if speed == "frozen"
+                                                         else 0.005)
+    rss = t["peak_rss"]
+    assert rss["images"] == 600 and rss["streamed"] is False and rss["peak_rss_mib"] > 100
+    assert f"peak RSS {rss['peak_rss_mib']:,.0f} MiB" in table and f"{t['decode_images_per_s']:,.0f} img/s" in table
+
+
+def test_bench_refuses_an_unknown_section_in_one_line_before_measuring(tmp_path):
+    proc = run_cli("bench", "--section", "transfr", "--out", tmp_path / "b", check=False)
+    assert proc.returncode == 2 and not (tmp_path / "b").exists()
+    assert proc.stderr.strip() == "error: unknown bench section 'transfr'; known: training, folder, transfer"

@@ -216,6 +216,30 @@ def test_a_frozen_imagenet_style_backbone_stays_bit_identical(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=a.path)
 
 
+def test_a_pretrained_backbone_keeps_its_batchnorm_statistics_while_it_is_fine_tuned(tmp_path):
+    """The fine-tune stage trains the backbone's weights but not its BatchNormalization statistics (what Keras'
+    guide intends with training=False, and what Keras 3 alone would not do: keras-team/keras#20285)."""
+    from imgtrain import train
+
+    source = backbone_layer("mobilenet_v3_small", (32, 32, 3), "none")
+    source.save_weights(tmp_path / "mnv3.weights.h5")
+    run = train(dataset="mnist", model="mobilenet_v3_small", weights=str(tmp_path / "mnv3.weights.h5"),
+                image_size=(32, 32), train_limit=600, test_limit=200, epochs=2, freeze_epochs=1, batch_size=64,
+                out=str(tmp_path / "r"), tensorboard=False, report=False, verbose="quiet")
+    trained = keras.models.load_model(run.run_dir / "last.keras").get_layer("backbone")
+    moved = []
+    for a, b in zip(source.weights, trained.weights):
+        if "moving_" in a.path:
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=a.path)
+        else:
+            moved.append(np.abs(np.asarray(a) - np.asarray(b)).max() > 0)
+    # random weights with never-trained statistics (mean 0, variance 1) pass tiny gradients to some variables
+    # (the BatchNormalization scales, the squeeze-excite kernels): 112 of 138 move here; a frozen body moves none
+    assert sum(moved) > len(moved) // 2, f"{sum(moved)} of {len(moved)} weights trained"
+    assert "34 BatchNormalization layers of the pretrained body keep their statistics" in (
+        run.run_dir / "train.log").read_text()
+
+
 def test_two_stages_unfreeze_the_last_blocks_and_the_body_learns_at_its_own_rate(resnet9_0_to_4, tmp_path):
     """After the frozen stage, unfreeze=2 trains the head and the last two layers with weights before it (nothing
     earlier moves); the body's steps scale with backbone_lr_mult while the head's do not; history marks the stage."""
@@ -333,3 +357,43 @@ def test_the_head_trained_on_cached_features_equals_the_head_trained_through_the
     after = cached_features(extractor, x)
     wait_for_writes()
     assert len(list((tmp_path / "cache").glob("features-*.npz"))) == 3 and np.abs(after - before).max() > 1e-4
+
+
+def test_a_streamed_folder_trains_its_frozen_stage_on_features_like_the_same_folder_in_memory(resnet9_0_to_4,
+                                                                                               tmp_path, monkeypatch):
+    """A folder too big to hold (streamed) is decoded once for its features: the head trained on them equals the
+    head of the same folder held in memory, an undecodable file is left out and recorded by the run that computes
+    the features and by the run that reads them back, and that second run decodes no image at all."""
+    from conftest import write_pngs
+    from imgtrain import train
+    from imgtrain.data import load_dataset
+    from imgtrain.data.cache import wait_for_writes
+
+    digits = load_dataset("mnist", val_split=0, train_limit=400, classes=[5, 6, 7, 8, 9])
+    monkeypatch.setenv("IMGTRAIN_DATA", str(tmp_path / "cache"))
+    write_pngs(tmp_path / "digits", digits.train.x, digits.train.y, digits.class_names)
+    (tmp_path / "digits" / "7" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    kw = dict(dataset=f"folder:{tmp_path / 'digits'}", init_from=str(resnet9_0_to_4), epochs=2, freeze_epochs=2,
+              test_split=0, batch_size=64, tensorboard=False, report=False, verbose="quiet")
+    import imgtrain.data.images as images
+
+    decoded, real = [0], images.decode
+    monkeypatch.setattr(images, "decode", lambda *a, **k: decoded.__setitem__(0, decoded[0] + 1) or real(*a, **k))
+    heads, counts = {}, []
+    for stream in (False, True, True):
+        decoded[0] = 0
+        run = train(stream=stream, out=str(tmp_path / f"run-{stream}-{len(heads)}"), **kw)
+        wait_for_writes()
+        info = json.loads((run.run_dir / "run.json").read_text())
+        assert info["data"]["streamed"] is stream and "frozen stage on cached features" in (
+            run.run_dir / "train.log").read_text()
+        assert [p for p in info["data"]["skipped_files"] if p.endswith("broken.png")], info["data"]["skipped_files"]
+        heads[len(heads)] = keras.models.load_model(run.run_dir / "last.keras").get_layer("probs").get_weights()
+        counts.append(decoded[0])
+    # every file decoded once (in memory: by the decode; streamed: for the features), then none: nothing but the
+    # features was needed (the validation during the frozen stage reads cached features too)
+    assert counts == [401, 401, 0], counts
+    for streamed in (heads[1], heads[2]):  # batches of other sizes (the broken file is left out of one) round
+        for a, b in zip(heads[0], streamed):  # the features differently in the last bits: 5e-5 apart after training
+            np.testing.assert_allclose(a, b, rtol=1e-3, atol=2e-4)
+    assert np.abs(heads[0][0]).max() > 0.01

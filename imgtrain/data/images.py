@@ -81,22 +81,26 @@ def try_decode(source, size: tuple[int, int], channels: int) -> tuple[np.ndarray
 
 
 def decode_many(paths: list[str], size: tuple[int, int], channels: int, workers: int = 0):
-    """(array (n_ok, h, w, c) uint8, ok_mask bool (n,), {path: reason}) decoding in threads (Pillow drops the GIL)."""
+    """(array (n_ok, h, w, c) uint8, ok_mask bool (n,), {path: reason}) decoding in threads (Pillow drops the GIL).
+    Each thread writes its image straight into the one output array: no list of decoded images beside it (which
+    doubled the peak memory: 2 x 1.5 GB for 10,000 images at 224x224) and no second copy."""
     import os
+
+    out = np.empty((len(paths), size[0], size[1], channels), np.uint8)
+
+    def one(i: int) -> str | None:
+        arr, reason = try_decode(paths[i], size, channels)
+        if arr is not None:
+            out[i] = arr
+        return reason
 
     # one thread more than cores: a thread waiting on a file read leaves a core idle (2 cores, 320x240 JPEGs:
     # 2,436 img/s with 2 threads, 2,658 with 3)
     with ThreadPoolExecutor(workers or (os.cpu_count() or 1) + 1) as pool:
-        results = list(pool.map(lambda p: try_decode(p, size, channels), paths))
-    ok = np.array([r[0] is not None for r in results], dtype=bool)
-    out = np.zeros((int(ok.sum()), size[0], size[1], channels), np.uint8)
-    j = 0
-    for arr, _ in results:
-        if arr is not None:
-            out[j] = arr
-            j += 1
-    bad = {p: r[1] for p, r in zip(paths, results) if r[1] is not None}
-    return out, ok, bad
+        reasons = list(pool.map(one, range(len(paths))))
+    ok = np.array([r is None for r in reasons], dtype=bool)
+    bad = {p: r for p, r in zip(paths, reasons) if r is not None}
+    return (out if ok.all() else out[ok]), ok, bad
 
 
 def convert_array(x: np.ndarray, size: tuple[int, int] | None, channels: int | None) -> np.ndarray:
