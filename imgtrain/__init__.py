@@ -24,6 +24,14 @@ def build_model(name: str, input_shape=(28, 28, 1), num_classes: int = 10, **opt
     return _build(name, input_shape, num_classes, **options)
 
 
+def explain(model, images, class_index=None, method: str = "auto", layer: str | None = None, batch_size: int = 64):
+    """Heatmaps of why `model` decided (Grad-CAM, or saliency without convolutions); see `imgtrain.heatmaps.explain`.
+    Returns an Explanation: .heatmaps (n, h, w) in [0, 1], .classes, .probs, .method, .layer."""
+    from .heatmaps import explain as _explain
+
+    return _explain(model, images, class_index, method, layer, batch_size)
+
+
 def __getattr__(name: str):
     """`imgtrain.plots`, `imgtrain.report`, ...: every module of the package is reachable after `import imgtrain`,
     imported on first use (so that `import imgtrain` stays light and imports no Keras)."""
@@ -36,5 +44,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'imgtrain' has no attribute {name!r}")
 
 
-__all__ = ["TrainConfig", "build_model", "evaluate", "load_config", "load_dataset", "load_model", "predict_files",
+__all__ = ["TrainConfig", "build_model", "evaluate", "explain", "load_config", "load_dataset", "load_model", "predict_files",
            "train"]

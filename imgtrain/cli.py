@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from . import catalog
+from . import catalog, overlays
 from .errors import ImgtrainError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -418,7 +418,8 @@ def serve(
 
 
 for name, command in (("presets", catalog.presets), ("datasets", catalog.datasets), ("models", catalog.models),
-                      ("sample-images", catalog.sample_images), ("config", catalog.config_keys)):
+                      ("sample-images", catalog.sample_images), ("config", catalog.config_keys),
+                      ("explain", overlays.explain_command)):
     app.command(name)(command)
 
 
