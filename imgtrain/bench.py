@@ -223,7 +223,7 @@ def preset_runs(names: list[str], repeats: int, log) -> dict:
 
 # ----- the whole benchmark -----
 
-SECTIONS = ("training", "folder", "transfer")  # `--section`: what a run of the bench measures
+SECTIONS = ("training", "folder", "transfer", "explain")  # `--section`: what a run of the bench measures
 
 
 def run_bench(quick: bool = False, presets: list[str] | None = None, repeats: int = 3, log=print,
@@ -252,6 +252,8 @@ def run_bench(quick: bool = False, presets: list[str] | None = None, repeats: in
         from .bench_transfer import transfer_bench
 
         result["transfer"] = {"date": result["date"], "machine": result["machine"], **transfer_bench(quick, log)}
+    if "explain" in sections:
+        result["explain"] = {"date": result["date"], "machine": result["machine"], **explain_speed(log)}
     if presets:
         log("time to accuracy (cold processes)")
         result["presets"] = preset_runs(presets, repeats, log)
@@ -271,6 +273,23 @@ def training_pairs(quick: bool, gflops: dict, log) -> dict:
             pair[side]["peak_fraction"] = (pair[side]["images_per_s"] * pair["mflop_per_train_image"] * 1e6
                                            / (gflops[peak] * 1e9))
         out[name] = pair
+    return out
+
+
+def explain_speed(log, repeats: int = 20) -> dict:
+    """Heatmaps (the default method, HiResCAM) of seed 000's CNN as imgtrain builds it (cnn_small) on MNIST test
+    images: seconds for one image and for a batch of 64, best of `repeats` after a warm-up call of each size."""
+    from .data import load_dataset
+    from .heatmaps import Explainer
+    from .models import build_model
+
+    x = load_dataset("mnist", val_split=0, train_limit=64, test_limit=64).test.x[:64]
+    explainer = Explainer(build_model("cnn_small", (28, 28, 1), 10))
+    out = {"model": "cnn_small", "method": explainer.method}
+    for name, batch in (("one_image_s", x[:1]), ("batch_64_s", x)):
+        explainer(batch)  # traces the step for this batch size
+        out[name] = min(_timed(lambda: explainer(batch)) for _ in range(repeats))
+    log(f"heatmaps: one image {out['one_image_s'] * 1e3:.1f} ms, a batch of 64 {out['batch_64_s'] * 1e3:.0f} ms")
     return out
 
 
@@ -300,6 +319,13 @@ def markdown(result: dict) -> str:
         from .bench_transfer import markdown as transfer_markdown
 
         lines += transfer_markdown(result["transfer"])
+    if "explain" in result:
+        e = result["explain"]
+        where = e.get("machine", {}).get("cpu", "?")
+        lines += ["", f"Heatmaps ({e['method']}, seed 000's CNN as `{e['model']}`, 28×28, measured {e['date']} on "
+                      f"{where}): one "
+                      f"image {e['one_image_s'] * 1e3:.1f} ms, a batch of 64 {e['batch_64_s'] * 1e3:.0f} ms "
+                      "(after a warm-up call, best of 20)."]
     if result.get("presets"):
         lines += ["", "Time to accuracy, cold `imgtrain train --preset NAME` (median of "
                   f"{len(next(iter(result['presets'].values()))['runs'])} runs):", "",

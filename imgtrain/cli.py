@@ -107,8 +107,8 @@ def bench(
                                                              "(repeatable; 'all' for every preset)"),
     repeats: int = typer.Option(3, "--repeats", help="runs per preset; the table gives the median"),
     sections: List[str] = typer.Option([], "--section", help="measure only these parts (repeatable): training, "
-                                                             "folder, transfer; the others' tables are kept from "
-                                                             "OUT/results.json"),
+                                                             "folder, transfer, explain; the others' tables are "
+                                                             "kept from OUT/results.json"),
     out: Path = typer.Option(Path("benchmarks"), "--out", "-o", help="folder for results.json and results.md"),
 ):
     """Seed code against imgtrain on the seed models (training and inference img/s, accuracy), the folder

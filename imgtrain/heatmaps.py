@@ -86,29 +86,74 @@ def _logit_model(model, feature=None):
     return keras.Model(model.inputs, outputs), head
 
 
-def _batch_maps(grad_model, head, x, classes, method: str):
-    import tensorflow as tf
+class Explainer:
+    """Heatmaps of one model by one method, the gradient step traced once (tf.function) and reused: what the
+    server keeps, and what `explain` makes for one call."""
 
-    kernel, bias = tf.cast(head.kernel, tf.float32), tf.cast(head.bias, tf.float32)
-    x = tf.convert_to_tensor(x, tf.float32)
-    with tf.GradientTape() as tape:
-        tape.watch(x)
-        outs = grad_model(x, training=False)
-        outs = outs if isinstance(outs, (list, tuple)) else [outs]
-        logits = tf.cast(outs[-1], tf.float32) @ kernel + bias
-        score = tf.reduce_sum(tf.gather(logits, classes, batch_dims=1))  # each image's own class
-    target = x if method == "saliency" else outs[0]
-    grads = tf.cast(tape.gradient(score, target), tf.float32)
-    if method != "saliency":
-        weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True) if method == "gradcam" else grads
-        cam = tf.nn.relu(tf.reduce_sum(weights * tf.cast(outs[0], tf.float32), axis=-1))[..., None]
-        cam = tf.image.resize(cam, tf.shape(x)[1:3], method="bilinear")[..., 0]
-    else:
-        cam = tf.reduce_max(tf.abs(grads), axis=-1)
-    peak = tf.reduce_max(cam, axis=(1, 2), keepdims=True)
-    cam = tf.where(peak > 0, cam / tf.maximum(peak, 1e-12), tf.zeros_like(cam))
-    probs = tf.nn.softmax(logits)
-    return cam.numpy().astype(np.float32), probs.numpy()
+    def __init__(self, model, method: str = "auto", layer: str | None = None):
+        import keras
+        import tensorflow as tf
+
+        if keras.backend.backend() != "tensorflow":
+            raise ImgtrainError(f"heatmaps need the TensorFlow backend (this process runs "
+                                f"{keras.backend.backend()}); `imgtrain explain` loads any model on it")
+        if method not in METHODS:
+            raise ImgtrainError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+        feature = feature_layer(model, layer) if method != "saliency" else None
+        if method in ("hirescam", "gradcam") and feature is None:
+            raise ImgtrainError(f"this model has no convolutional feature map for {method}; use method saliency")
+        self.model = model
+        self.method = ("hirescam" if method == "auto" else method) if feature is not None else "saliency"
+        self.layer = feature.name if feature is not None else None
+        self._grad_model, self._head = _logit_model(model, feature)
+        self.num_classes = self._head.units
+        self._maps = tf.function(self._batch_maps, reduce_retracing=True)
+
+    def _batch_maps(self, x, classes, chosen):
+        """(maps (n, h, w) in [0, 1], probabilities, the classes explained): `classes` where `chosen`, else the
+        predicted class."""
+        import tensorflow as tf
+
+        kernel, bias = tf.cast(self._head.kernel, tf.float32), tf.cast(self._head.bias, tf.float32)
+        x = tf.cast(x, tf.float32)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            outs = self._grad_model(x, training=False)
+            outs = outs if isinstance(outs, (list, tuple)) else [outs]
+            logits = tf.cast(outs[-1], tf.float32) @ kernel + bias
+            classes = tf.where(chosen, classes, tf.argmax(logits, axis=1))
+            score = tf.reduce_sum(tf.gather(logits, classes, batch_dims=1))  # each image's own class
+        target = x if self.method == "saliency" else outs[0]
+        grads = tf.cast(tape.gradient(score, target), tf.float32)
+        if self.method == "saliency":
+            cam = tf.reduce_max(tf.abs(grads), axis=-1)
+        else:
+            weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True) if self.method == "gradcam" else grads
+            cam = tf.nn.relu(tf.reduce_sum(weights * tf.cast(outs[0], tf.float32), axis=-1))[..., None]
+            cam = tf.image.resize(cam, tf.shape(x)[1:3], method="bilinear")[..., 0]
+        peak = tf.reduce_max(cam, axis=(1, 2), keepdims=True)
+        cam = tf.where(peak > 0, cam / tf.maximum(peak, 1e-12), tf.zeros_like(cam))
+        return cam, tf.nn.softmax(logits), classes
+
+    def __call__(self, images: np.ndarray, class_index=None, batch_size: int = 64) -> Explanation:
+        """Maps for `images` (n × h × w × c at the model's input size), for each image's predicted class or
+        `class_index` (one int for all, or one per image; -1: the predicted class)."""
+        images = np.asarray(images)
+        n, k = len(images), self.num_classes
+        wanted = np.full(n, -1, np.int64) if class_index is None else \
+            np.broadcast_to(np.asarray(class_index, np.int64), (n,))
+        if ((wanted < -1) | (wanted >= k)).any():
+            raise ImgtrainError(f"class index out of range: the model has classes 0-{k - 1}")
+        maps, probs, classes = [np.zeros((0, *self.model.input_shape[1:3]), np.float32)], \
+            [np.zeros((0, k), np.float32)], [np.zeros(0, np.int64)]
+        for i in range(0, n, batch_size):
+            chosen = wanted[i:i + batch_size]
+            m, p, c = self._maps(images[i:i + batch_size], np.maximum(chosen, 0), chosen >= 0)
+            maps.append(m.numpy().astype(np.float32))
+            probs.append(p.numpy())
+            classes.append(c.numpy().astype(np.int64))
+        return Explanation(np.concatenate(maps), np.concatenate(classes), np.concatenate(probs), self.method,
+                           self.layer)
 
 
 def explain(model, images: np.ndarray, class_index=None, method: str = "auto", layer: str | None = None,
@@ -116,36 +161,4 @@ def explain(model, images: np.ndarray, class_index=None, method: str = "auto", l
     """Heatmaps for `images` (uint8 or float, n × h × w × c at the model's input size): for each image's predicted
     class, or `class_index` (one int for all, or one per image). `method`: auto (HiResCAM where the model has a
     convolutional feature map, else saliency), hirescam, gradcam, saliency; `layer` names the feature map."""
-    import keras
-
-    if keras.backend.backend() != "tensorflow":
-        raise ImgtrainError(f"heatmaps need the TensorFlow backend (this process runs {keras.backend.backend()}); "
-                            "`imgtrain explain` loads any model on it")
-    if method not in METHODS:
-        raise ImgtrainError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
-    feature = feature_layer(model, layer) if method != "saliency" else None
-    if method in ("hirescam", "gradcam") and feature is None:
-        raise ImgtrainError(f"this model has no convolutional feature map for {method}; use method saliency")
-    used = ("hirescam" if method == "auto" else method) if feature is not None else "saliency"
-    grad_model, head = _logit_model(model, feature)
-    images = np.asarray(images)
-    n, k = len(images), head.units
-    wanted = np.full(n, -1, np.int64) if class_index is None else np.broadcast_to(np.asarray(class_index), (n,))
-    if ((wanted < -1) | (wanted >= k)).any():
-        raise ImgtrainError(f"class index out of range: the model has classes 0-{k - 1}")
-    maps, probs, classes = [], [], []
-    for i in range(0, n, batch_size):
-        x = images[i:i + batch_size]
-        chosen = wanted[i:i + batch_size]
-        if (chosen < 0).any():  # the predicted class where none was asked for
-            predicted = np.asarray(model.predict_on_batch(x)).argmax(1)
-            chosen = np.where(chosen < 0, predicted, chosen)
-        m, p = _batch_maps(grad_model, head, x, chosen, used)
-        maps.append(m)
-        probs.append(p)
-        classes.append(chosen)
-    if not n:
-        return Explanation(np.zeros((0, *model.input_shape[1:3]), np.float32), np.zeros(0, np.int64),
-                           np.zeros((0, k), np.float32), used, feature.name if feature is not None else None)
-    return Explanation(np.concatenate(maps), np.concatenate(classes).astype(np.int64), np.concatenate(probs), used,
-                       feature.name if feature is not None else None)
+    return Explainer(model, method, layer)(images, class_index, batch_size)

@@ -111,6 +111,30 @@ def misclassified(x: np.ndarray, y: np.ndarray, probs: np.ndarray, class_names: 
     return fig
 
 
+def heatmaps(x: np.ndarray, pred_maps: np.ndarray, true_maps: np.ndarray, y: np.ndarray, probs: np.ndarray,
+             class_names: list[str], method: str) -> Figure:
+    """One row per image: the image, the evidence for the predicted class, and for the true class (the same map
+    when the prediction is right), each map laid over the image (bright: much evidence)."""
+    n = max(len(x), 1)
+    fig = Figure(figsize=(3 * 1.9, 2.0 * n), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(n, 3))
+    for row, i in zip(axes, range(len(x))):
+        pred = int(probs[i].argmax())
+        right = pred == y[i]
+        for ax, heat, title in ((row[0], None, f"{'right' if right else 'wrong'}: {class_names[y[i]]}"),
+                                (row[1], pred_maps[i], f"pred {class_names[pred]} ({probs[i, pred]:.2f})"),
+                                (row[2], true_maps[i], "true = pred" if right else
+                                 f"true {class_names[y[i]]} ({probs[i, y[i]]:.2f})")):
+            _show(ax, x[i])
+            if heat is not None:
+                ax.imshow(heat, cmap="inferno", alpha=0.55, vmin=0, vmax=1, interpolation="bilinear")
+            ax.set_title(title, fontsize=7)
+    for ax in axes.ravel()[3 * len(x):]:
+        ax.axis("off")
+    fig.suptitle(f"why ({method}): the highest-loss mistakes, then one right image per class", fontsize=9)
+    return fig
+
+
 def per_class(per_class_metrics: dict[str, dict]) -> Figure:
     """Precision, recall (the per-class accuracy) and F1 for every class."""
     names = list(per_class_metrics)

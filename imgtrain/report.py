@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +19,9 @@ from . import plots
 from .errors import ImgtrainError
 from .saving import atomic_write
 
-FIGURES = ["curves", "samples", "confusion", "misclassified", "per_class"]
+FIGURES = ["curves", "samples", "confusion", "misclassified", "heatmaps", "per_class"]
+EXPLAINED_MISTAKES = 8  # rows of the heatmaps figure: the highest-loss mistakes, then one right image per class
+EXPLAINED_CLASSES = 10
 PREDICTIONS = "predictions-test.npz"  # probabilities of the best model on the test set, written by train
 
 
@@ -80,8 +83,9 @@ def _predictions(run: RunRecord, ds):
     return predict_probs(model, ds.test, tta=run.config.get("tta", "none"))
 
 
-def make_figures(run_dir: str | Path, ds=None) -> dict:
-    """{name: matplotlib Figure} for a run directory; `ds` saves reloading the data when the caller has it."""
+def make_figures(run_dir: str | Path, ds=None, timings: dict | None = None) -> dict:
+    """{name: matplotlib Figure} for a run directory; `ds` saves reloading the data when the caller has it;
+    `timings` gets the seconds the heatmaps took (`heatmaps_s`)."""
     run = read_run(run_dir)
     from .data import run_dataset
 
@@ -103,7 +107,39 @@ def make_figures(run_dir: str | Path, ds=None) -> dict:
         # the grid is drawn from just the chosen images, re-indexed 0..n-1
         figs["misclassified"] = plots.misclassified(images_of(ds.test, pos[worst], shape), y[worst], probs[worst],
                                                     names, n=len(worst))
+        t = time.perf_counter()
+        explained = _heatmaps(run, ds, probs, y, pos, worst[:EXPLAINED_MISTAKES])
+        if timings is not None:
+            timings["heatmaps_s"] = time.perf_counter() - t
+        if explained is not None:
+            figs["heatmaps"] = explained
     return figs
+
+
+def _heatmaps(run: RunRecord, ds, probs, y, pos, mistakes):
+    """The heatmaps figure: each of `mistakes` and the most confident right image of each of the first classes,
+    with the evidence for the predicted and for the true class. None on a backend without heatmaps (JAX)."""
+    import keras
+
+    from .heatmaps import explain
+    from .saving import load_model
+
+    if keras.backend.backend() != "tensorflow":
+        return None
+    pred = probs.argmax(1)
+    right = []
+    for c in range(min(len(ds.class_names), EXPLAINED_CLASSES)):
+        idx = np.flatnonzero((pred == y) & (y == c))
+        if len(idx):
+            right.append(int(idx[np.argmax(probs[idx, c])]))
+    rows = np.concatenate([mistakes, np.array(right, np.int64)]).astype(np.int64)
+    if not len(rows):
+        return None
+    model, _ = load_model(run.path)
+    x = images_of(ds.test, pos[rows], tuple(ds.input_shape))
+    for_pred, for_true = explain(model, x, pred[rows]), explain(model, x, y[rows])
+    return plots.heatmaps(x, for_pred.heatmaps, for_true.heatmaps, y[rows], probs[rows], ds.class_names,
+                          for_pred.method)
 
 
 def png_bytes(fig) -> bytes:
@@ -143,10 +179,11 @@ def render_html(run: RunRecord, pngs: dict[str, bytes]) -> str:
         config=[(k, json.dumps(v)) for k, v in run.config.items()], versions=list(info.get("versions", {}).items()))
 
 
-def write_report(run_dir: str | Path, ds=None) -> Path:
-    """Write the PNGs and report.html into `run_dir`; returns the path of report.html."""
+def write_report(run_dir: str | Path, ds=None, timings: dict | None = None) -> Path:
+    """Write the PNGs and report.html into `run_dir`; returns the path of report.html. `timings`: see
+    make_figures."""
     run_dir = Path(run_dir)
-    figs = make_figures(run_dir, ds)
+    figs = make_figures(run_dir, ds, timings)
     pngs = {name: png_bytes(fig) for name, fig in figs.items()}
     for name, data in pngs.items():
         atomic_write(run_dir / f"{name}.png", data)

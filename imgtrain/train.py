@@ -404,7 +404,8 @@ def _score(cfg: TrainConfig, ds, model, run_dir: Path, log: logging.Logger, meta
     if cfg.report:
         from .report import write_report
 
-        t_report = time.perf_counter()
-        write_report(run_dir, ds)
-        log.info("report written in %.1f s: %s", time.perf_counter() - t_report, run_dir / "report.html")
+        t_report, spent = time.perf_counter(), {}
+        write_report(run_dir, ds, spent)
+        log.info("report written in %.1f s (heatmaps %.1f s): %s", time.perf_counter() - t_report,
+                 spent.get("heatmaps_s", 0.0), run_dir / "report.html")
     return RunResult(run_dir, best, hist, metrics)

@@ -257,6 +257,7 @@ def test_skipped_class_folder_reaches_the_model_run_json_log_and_report(tmp_path
     assert f"WARNING skipped {folder}: {reason}" in (run.run_dir / "train.log").read_text()
     page = (run.run_dir / "report.html").read_text()
     assert folder in page and "skipped 1 class with no training images: empty_class" in page
+    assert "<h2>Why: heatmaps</h2>" in page and (run.run_dir / "heatmaps.png").is_file()  # saliency: an MLP
 
 
 def test_streamed_predictions_line_up_when_whole_batches_are_undecodable(tmp_path):

@@ -37,6 +37,32 @@ def test_top_losses_are_only_mistakes(mnist_run):
         assert label != pred
 
 
+def test_the_heatmaps_section_shows_the_worst_mistakes_then_one_right_image_per_class(mnist_run):
+    """Rows: the 8 highest-loss mistakes (evidence for the predicted and for the true class, two different maps),
+    then the most confident right image of each class; the figure is in report.html."""
+    from imgtrain.backend import use_backend
+
+    use_backend("tensorflow")
+    from imgtrain.data import run_dataset
+    from imgtrain.report import _heatmaps, read_run
+
+    out, _ = mnist_run
+    run = read_run(out)
+    with np.load(out / PREDICTIONS) as z:
+        probs, y, pos = z["probs"], z["y"], z["positions"]
+    worst = plots.top_losses(probs, y, 8)
+    fig = _heatmaps(run, run_dataset(run.config), probs, y, pos, worst)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert len(titles) == 3 * 18
+    firsts = titles[0::3]
+    assert firsts[:8] == [f"wrong: {y[i]}" for i in worst] and firsts[8:] == [f"right: {c}" for c in range(10)]
+    assert all(t == "true = pred" for t in titles[2::3][8:])
+    assert all(t.startswith("true ") and t != "true = pred" for t in titles[2::3][:8])
+    maps = [im.get_array() for ax in fig.axes[:24] for im in ax.get_images()[1:]]  # the overlays of the mistakes
+    assert len(maps) == 16 and all(not np.array_equal(maps[k], maps[k + 1]) for k in range(0, 16, 2))
+    assert "<h2>Why: heatmaps</h2>" in (out / "report.html").read_text()
+
+
 def test_misclassified_grid_says_when_there_are_none():
     probs = np.eye(3)[[0, 1, 2]]
     fig = plots.misclassified(np.zeros((3, 8, 8, 3), np.uint8), np.array([0, 1, 2]), probs, ["a", "b", "c"])

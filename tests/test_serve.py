@@ -1,4 +1,5 @@
 """The server as a user meets it: real uvicorn on a localhost port, real HTTP, real Chromium."""
+import base64
 import io
 import json
 import os
@@ -263,5 +264,50 @@ def test_upload_page_in_headless_chromium(server, digits, mnist_run, tmp_path):
         assert len(driver.find_elements(By.CSS_SELECTOR, "#result .bar")) == 3
         assert driver.execute_script("return document.getElementById('preview').naturalWidth") == 28
         driver.save_screenshot(str(tmp_path / "page.png"))
+    finally:
+        driver.quit()
+
+
+def test_explain_endpoint_gives_the_cli_maps_and_the_same_limits(server, digits, mnist_run, tmp_path):
+    """POST /explain: the same top-k as /predict and the same map as `imgtrain explain` for each image; an unknown
+    class is a 422 naming the valid ones; an oversized upload is refused as /predict refuses it."""
+    out, _ = mnist_run
+    run_cli("explain", out, *digits[:2], "--out", tmp_path / "cli")
+    files = [("files", (p.name, p.read_bytes(), "image/png")) for p in digits[:2]]
+    r = httpx.post(f"{server}/explain", files=files, timeout=60)
+    assert r.status_code == 200, r.text
+    got = r.json()["explanations"]
+    predicted = httpx.post(f"{server}/predict", files=files, timeout=30).json()["predictions"]
+    for e, p, path in zip(got, predicted, digits[:2]):
+        assert e["file"] == path.name and e["top"][0]["class"] == p["top"][0]["class"] == e["explained"]["class"]
+        assert e["method"] == "hirescam" and e["layer"] == "pool2"
+        cli = json.loads((tmp_path / "cli" / f"{path.stem}.json").read_text())
+        np.testing.assert_allclose(np.array(e["heatmap"]), np.array(cli["heatmap"]), atol=2e-3)
+        assert e["overlay"].startswith("data:image/png;base64,")
+        with Image.open(io.BytesIO(base64.b64decode(e["overlay"].split(",", 1)[1]))) as im:
+            assert im.size == (224, 224) and np.asarray(im.convert("L")).std() > 5
+    r = httpx.post(f"{server}/explain?class_name=eleven", files=files[:1], timeout=30)
+    assert r.status_code == 422 and r.json()["detail"] == "unknown class 'eleven'; valid: " + ", ".join(map(str, range(10)))
+    r = httpx.post(f"{server}/explain", files={"files": ("big.png", _png(size=(3000, 3000), noise=True))}, timeout=30)
+    assert r.status_code == 413, r.text
+    assert httpx.get(f"{server}/health").json()["status"] == "ok"
+
+
+def test_upload_page_shows_the_heatmap_when_asked(server, digits, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = chromium(tmp_path / "profile", 900, 900)
+    try:
+        driver.get(server + "/")
+        driver.find_element(By.ID, "file").send_keys(str(digits[0]))
+        WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.ID, "top1"))
+        shown = "return [preview.style.display, overlay.style.display, overlay.naturalWidth]"
+        assert driver.execute_script(shown)[:2] == ["block", "none"]  # off: the image as uploaded
+        driver.find_element(By.ID, "why").click()
+        WebDriverWait(driver, 30).until(lambda d: d.execute_script(shown)[1] == "block")
+        assert driver.execute_script(shown) == ["none", "block", 224]  # the overlay, enlarged from 28x28
+        driver.find_element(By.ID, "why").click()
+        assert driver.execute_script(shown)[:2] == ["block", "none"]
     finally:
         driver.quit()

@@ -261,7 +261,7 @@ def test_bench_quick_runs_and_writes_its_tables(tmp_path):
     assert result["peak_rss_mib"] > 100 and f"{result['peak_rss_mib']:,.0f} MiB" in table
 
     # the transfer section alone, into the same folder: it adds its table and keeps the others as they were
-    run_cli("bench", "--quick", "--section", "transfer", "--out", tmp_path / "b", timeout=600)
+    run_cli("bench", "--quick", "--section", "transfer", "--section", "explain", "--out", tmp_path / "b", timeout=600)
     again = json.loads((tmp_path / "b" / "results.json").read_text())
     assert again["training"] == result["training"] and again["folder"] == result["folder"]
     assert again["date"] == result["date"] and again["matmul_gflops"] == result["matmul_gflops"]
@@ -270,6 +270,9 @@ def test_bench_quick_runs_and_writes_its_tables(tmp_path):
         if line.startswith("| seed0") or line.startswith("| imgtrain"):
             assert line in tables.splitlines(), line
     _check_transfer(again["transfer"], tables)
+    e = again["explain"]
+    assert e["method"] == "hirescam" and 0 < e["one_image_s"] <= e["batch_64_s"]
+    assert f"one image {e['one_image_s'] * 1e3:.1f} ms, a batch of 64 {e['batch_64_s'] * 1e3:.0f} ms" in tables
 
 
 def _check_transfer(t: dict, table: str) -> None:
@@ -311,4 +314,4 @@ def _check_transfer(t: dict, table: str) -> None:
 def test_bench_refuses_an_unknown_section_in_one_line_before_measuring(tmp_path):
     proc = run_cli("bench", "--section", "transfr", "--out", tmp_path / "b", check=False)
     assert proc.returncode == 2 and not (tmp_path / "b").exists()
-    assert proc.stderr.strip() == "error: unknown bench section 'transfr'; known: training, folder, transfer"
+    assert proc.stderr.strip() == "error: unknown bench section 'transfr'; known: training, folder, transfer, explain"

@@ -1,13 +1,17 @@
 """The prediction server: FastAPI on uvicorn.
 
-POST /predict (multipart, field `files`, one or more images) -> top-k classes per image; GET /health; GET /model;
-GET / (the upload page); OpenAPI docs at /docs. Bad uploads get a JSON error with a 4xx status, never a 500.
+POST /predict (multipart, field `files`, one or more images) -> top-k classes per image; POST /explain (the same
+upload, the same limits) -> top-k and a heatmap per image; GET /health; GET /model; GET / (the upload page);
+OpenAPI docs at /docs. Bad uploads get a JSON error with a 4xx status, never a 500.
 Upload limits hold while the body streams in (limits.py for the whole body, upload.py for each file).
 """
 from __future__ import annotations
 
+import base64
 import html
+import io
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +62,22 @@ def create_app(target: str | Path, *, top_k: int = 3, max_upload_mb: float = 10.
     app.add_middleware(BodyLimit, max_bytes=max_bytes * max_files + 65536,
                        what=f"{max_files} files of {max_upload_mb:g} MiB")
     app.state.batcher = batcher
+    explainer, explaining = _explainer(model), threading.Lock()  # one heatmap batch at a time: they are heavy
+
+    async def uploads(request: Request) -> list[tuple[str, np.ndarray]]:
+        """(name, decoded image) of each file of the multipart field `files`, limits enforced as it streams."""
+        async def one(data: bytes, name: str) -> np.ndarray:
+            return await run_in_threadpool(_image, data, name or "file", shape, max_pixels)
+
+        files = await read_files(request, one, field="files", max_bytes=max_bytes, limit_mb=max_upload_mb,
+                                 max_files=max_files)
+        if not files:
+            raise HTTPException(400, "no files: send images as multipart form field 'files'")
+        return files
+
+    def top(p: np.ndarray, k: int) -> list[dict]:
+        return [{"class": names[i], "index": int(i), "probability": float(p[i])}
+                for i in np.argsort(-p)[:max(1, min(k, len(names)))]]
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:
@@ -76,21 +96,56 @@ def create_app(target: str | Path, *, top_k: int = 3, max_upload_mb: float = 10.
     @app.post("/predict")
     async def predict(request: Request, k: int = top_k) -> dict:
         """Top-k classes for each uploaded image (multipart form, field name `files`)."""
-        async def one(data: bytes, name: str) -> np.ndarray:
-            return await run_in_threadpool(_image, data, name or "file", shape, max_pixels)
+        files = await uploads(request)
+        probs = await batcher(np.stack([image for _, image in files]))
+        return {"predictions": [{"file": name, "top": top(p, k)} for (name, _), p in zip(files, probs)]}
 
-        files = await read_files(request, one, field="files", max_bytes=max_bytes, limit_mb=max_upload_mb,
-                                 max_files=max_files)
-        if not files:
-            raise HTTPException(400, "no files: send images as multipart form field 'files'")
-        images = [image for _, image in files]
-        probs = await batcher(np.stack(images))
-        k = max(1, min(k, len(names)))
+    @app.post("/explain")
+    async def explain(request: Request, k: int = top_k, class_name: str | None = None) -> dict:
+        """Top-k classes and a heatmap for each uploaded image (multipart form, field name `files`), for the
+        predicted class or `class_name`: `heatmap` (rows of values 0-1 at the model's input size) and `overlay`
+        (a PNG data URL of the heatmap over the image as the model saw it)."""
+        if explainer is None:
+            raise HTTPException(501, "heatmaps need the TensorFlow backend; serve this model with it")
+        if class_name is not None and class_name not in names:
+            raise HTTPException(422, f"unknown class {class_name!r}; valid: {', '.join(names)}")
+        files = await uploads(request)
+        images = np.stack([image for _, image in files])
+        wanted = None if class_name is None else names.index(class_name)
+        with_lock = lambda: _locked(explaining, explainer, images, wanted)  # noqa: E731
+        got = await run_in_threadpool(with_lock)
         out = []
-        for (name, _), p in zip(files, probs):
-            best = np.argsort(-p)[:k]
-            out.append({"file": name, "top": [{"class": names[i], "index": int(i),
-                                               "probability": float(p[i])} for i in best]})
-        return {"predictions": out}
+        for (name, image), heat, p, c in zip(files, got.heatmaps, got.probs, got.classes):
+            out.append({"file": name, "top": top(p, k), "method": got.method, "layer": got.layer,
+                        "explained": {"class": names[c], "index": int(c), "probability": float(p[c])},
+                        "heatmap": np.round(heat, 3).tolist(), "overlay": _overlay_url(image, heat)})
+        return {"explanations": out}
 
     return app
+
+
+def _explainer(model):
+    """The model's Explainer, or None where heatmaps cannot be made (a JAX process)."""
+    from ..errors import ImgtrainError
+    from ..heatmaps import Explainer
+
+    try:
+        explainer = Explainer(model)
+    except ImgtrainError:
+        return None
+    explainer(np.zeros((1, *model.input_shape[1:]), np.float32))  # trace once before serving
+    return explainer
+
+
+def _locked(lock: threading.Lock, explainer, images: np.ndarray, wanted):
+    with lock:
+        return explainer(images, wanted)
+
+
+def _overlay_url(image: np.ndarray, heat: np.ndarray) -> str:
+    from ..overlays import overlay
+
+    picture = overlay(Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image), heat)
+    buf = io.BytesIO()
+    picture.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
