@@ -137,3 +137,17 @@ def test_explain_command_writes_an_overlay_and_the_numbers_for_each_image(patch_
     proc = run_cli("explain", run.run_dir, tmp_path / "in", "--method", "lime", check=False)
     assert proc.returncode == 2 and proc.stderr.strip() == "error: unknown method 'lime'; valid: auto, hirescam, gradcam, saliency"
     assert not (tmp_path / "o2").exists()
+
+
+@pytest.mark.parametrize("name", ["cnn3", "cnn_bn", "cnn_small", "mlp", "resnet9"])
+def test_every_model_of_imgtrain_gets_a_map_of_its_input_size(name):
+    """The registry's own models (the backbones: above, and their shared Keras layout): a map per image, at the
+    input's size, values in [0, 1], not all zero; the MLP by saliency, every other by its last feature map."""
+    from imgtrain.models import build_model
+
+    model = build_model(name, (28, 28, 1), 10)
+    x = np.random.default_rng(0).integers(0, 256, (3, 28, 28, 1)).astype(np.uint8)
+    got = explain(model, x)
+    assert got.method == ("saliency" if name == "mlp" else "hirescam")
+    assert got.heatmaps.shape == (3, 28, 28) and got.heatmaps.min() >= 0 and got.heatmaps.max() == 1.0
+    assert (got.layer is None) == (name == "mlp")
