@@ -62,7 +62,6 @@ def create_app(target: str | Path, *, top_k: int = 3, max_upload_mb: float = 10.
     app.add_middleware(BodyLimit, max_bytes=max_bytes * max_files + 65536,
                        what=f"{max_files} files of {max_upload_mb:g} MiB")
     app.state.batcher = batcher
-    explainer, explaining = _explainer(model), threading.Lock()  # one heatmap batch at a time: they are heavy
 
     async def uploads(request: Request) -> list[tuple[str, np.ndarray]]:
         """(name, decoded image) of each file of the multipart field `files`, limits enforced as it streams."""
@@ -100,6 +99,14 @@ def create_app(target: str | Path, *, top_k: int = 3, max_upload_mb: float = 10.
         probs = await batcher(np.stack([image for _, image in files]))
         return {"predictions": [{"file": name, "top": top(p, k)} for (name, _), p in zip(files, probs)]}
 
+    add_explain(app, model, names, uploads, top, top_k)
+    return app
+
+
+def add_explain(app: FastAPI, model, names: list[str], uploads, top, top_k: int) -> None:
+    """POST /explain on `app`: `uploads` reads and decodes the files as /predict does, `top` gives the top-k."""
+    explainer, explaining = _explainer(model), threading.Lock()  # one heatmap batch at a time: they are heavy
+
     @app.post("/explain")
     async def explain(request: Request, k: int = top_k, class_name: str | None = None) -> dict:
         """Top-k classes and a heatmap for each uploaded image (multipart form, field name `files`), for the
@@ -120,8 +127,6 @@ def create_app(target: str | Path, *, top_k: int = 3, max_upload_mb: float = 10.
                         "explained": {"class": names[c], "index": int(c), "probability": float(p[c])},
                         "heatmap": np.round(heat, 3).tolist(), "overlay": _overlay_url(image, heat)})
         return {"explanations": out}
-
-    return app
 
 
 def _explainer(model):
