@@ -22,21 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from .precision import cpu_info
+
 
 # imgtrain's settings for the seed models (side B); the learning rate is scaled with the batch
 FAST = dict(precision="mixed_bfloat16", batch_size=256, schedule="onecycle", learning_rate=3e-3, seed=0)
-
-
-def cpu_info() -> tuple[str, set[str]]:
-    """(model name, instruction-set flags) of the first CPU in /proc/cpuinfo; elsewhere what `platform` knows."""
-    fields = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
-    return fields.get("model name") or platform.processor() or platform.machine(), set(fields.get("flags", "").split())
 
 
 def matmul_flops(n: int = 4096, dtype: str = "float32", repeats: int = 5) -> float:
@@ -76,7 +66,7 @@ def seed000_model():
         layers.Input((28, 28, 1)),
         layers.Conv2D(32, 3, padding="same", activation="relu"), layers.MaxPool2D(2, 2, padding="same"),
         layers.Conv2D(64, 3, padding="same", activation="relu"), layers.MaxPool2D(padding="same"),
-        layers.Flatten(), layers.Dense(256, activation="relu"), layers.Dense(10, activation="softmax")])
+        layers.Flatten(), layers.Dense(256, activation="relu"), layers.Dense(10, activation="softmax", dtype="float32")])
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     return model
 
@@ -91,7 +81,7 @@ def seed004_model(input_shape=(28, 28, 1), classes: int = 10, dense: int = 64, d
         stack += [Conv2D(width, (3, 3), activation="relu"), BatchNormalization(), MaxPooling2D((2, 2)),
                   Dropout(drop[0])]
     stack += [Flatten(), Dense(dense, activation="relu"), BatchNormalization(), Dropout(drop[1]),
-              Dense(classes, activation="softmax")]
+              Dense(classes, activation="softmax", dtype="float32")]  # float32 softmax: the mixed-precision guide's
     model = keras.Sequential(stack)
     model.compile(loss="categorical_crossentropy", optimizer="adam", metrics=["accuracy"])
     return model
@@ -115,6 +105,9 @@ def training_pair(name: str, dataset: str, epochs: int, limit: int | None, log) 
 
     ds = load_dataset(dataset, val_split=0.0, train_limit=limit, test_limit=limit and max(1000, limit // 6))
     x, y, xt, yt = ds.train.x, ds.train.y, ds.test.x, ds.test.y
+    make_seed = seed000_model if name == "seed000" else seed004_model
+    with precision(FAST["precision"]):  # the note's code with imgtrain's settings: its dtype and batch size
+        like_model = make_seed()
     if name == "seed000":  # the note's preprocessing: float64 pixels / 255 in NumPy, sparse labels, batch 100
         seed_model, seed_batch, seed_y = seed000_model(), 100, y
         ours = dict(model="cnn_small")
@@ -131,25 +124,30 @@ def training_pair(name: str, dataset: str, epochs: int, limit: int | None, log) 
     steps = math.ceil(len(x) / cfg.batch_size)
     onehot = compile_model(model, cfg, ds.num_classes, make_optimizer(cfg, steps))
     batches = fit_inputs(ds.train, cfg, ds.input_shape, onehot, True, {})
-    seconds_a, seconds_b = [], []  # of each epoch, timed inside fit by EpochStats
+    seconds_a, seconds_b, seconds_c = [], [], []  # of each epoch, timed inside fit by EpochStats
     for epoch in range(epochs):
-        seconds_a += seed_model.fit(xa, seed_y, batch_size=seed_batch, epochs=epoch + 1, initial_epoch=epoch,
-                                    verbose=0, callbacks=[EpochStats()]).history["epoch_seconds"]
+        for m, batch, seconds in ((seed_model, seed_batch, seconds_a), (like_model, cfg.batch_size, seconds_c)):
+            seconds += m.fit(xa, seed_y, batch_size=batch, epochs=epoch + 1, initial_epoch=epoch, verbose=0,
+                             callbacks=[EpochStats()]).history["epoch_seconds"]
         with fused_batchnorm("tensorflow"):  # imgtrain's train step (traced at its first fit) uses the fused kernel
             seconds_b += model.fit(batches, epochs=epoch + 1, initial_epoch=epoch, shuffle=False, verbose=0,
                                    callbacks=[EpochStats()]).history["epoch_seconds"]
-        log(f"  {name} epoch {epoch + 1}/{epochs}: seed {len(x) / seconds_a[-1]:,.0f} img/s, "
-            f"imgtrain {len(x) / seconds_b[-1]:,.0f} img/s")
+        log(f"  {name} epoch {epoch + 1}/{epochs}: seed {len(x) / seconds_a[-1]:,.0f} img/s, seed with imgtrain's "
+            f"settings {len(x) / seconds_c[-1]:,.0f} img/s, imgtrain {len(x) / seconds_b[-1]:,.0f} img/s")
     rate = lambda seconds: len(x) / statistics.median(seconds[1:] or seconds)  # noqa: E731
     acc_a = float((seed_model.predict(xta, verbose=0).argmax(1) == yt).mean())
     acc_b = float((predict_arrays(model, xt).argmax(1) == yt).mean())
     out = {"dataset": dataset, "train_images": int(len(x)), "test_images": int(len(xt)), "epochs": epochs,
            "seed": {"batch_size": seed_batch, "images_per_s": rate(seconds_a), "test_accuracy": acc_a,
                     "epoch_s": seconds_a},
+           "seed_like_imgtrain": {"batch_size": cfg.batch_size, "precision": cfg.precision,
+                                  "images_per_s": rate(seconds_c), "epoch_s": seconds_c,
+                                  "test_accuracy": float((like_model.predict(xta, verbose=0).argmax(1) == yt).mean())},
            "imgtrain": {**ours, **FAST, "images_per_s": rate(seconds_b), "test_accuracy": acc_b,
                         "epoch_s": seconds_b},
            "mflop_per_train_image": 3 * forward_flops(seed_model) / 1e6}  # backward ~2x forward
     out["speedup"] = out["imgtrain"]["images_per_s"] / out["seed"]["images_per_s"]
+    out["settings_speedup"] = out["seed_like_imgtrain"]["images_per_s"] / out["seed"]["images_per_s"]
     with fused_batchnorm("tensorflow"):
         out["imgtrain"]["step_only_images_per_s"] = step_rate(model, *batches[0])
     out["step_only_speedup"] = out["imgtrain"]["step_only_images_per_s"] / out["seed"]["images_per_s"]
@@ -223,7 +221,7 @@ def preset_runs(names: list[str], repeats: int, log) -> dict:
 
 # ----- the whole benchmark -----
 
-SECTIONS = ("training", "folder", "transfer", "explain")  # `--section`: what a run of the bench measures
+SECTIONS = ("training", "folder", "transfer", "explain", "process")  # `--section`: what a run of the bench measures
 
 
 def run_bench(quick: bool = False, presets: list[str] | None = None, repeats: int = 3, log=print,
@@ -254,10 +252,15 @@ def run_bench(quick: bool = False, presets: list[str] | None = None, repeats: in
         result["transfer"] = {"date": result["date"], "machine": result["machine"], **transfer_bench(quick, log)}
     if "explain" in sections:
         result["explain"] = {"date": result["date"], "machine": result["machine"], **explain_speed(log)}
+    if "process" in sections:
+        from .bench_process import process_bench
+
+        log("whole processes: the notes' scripts against imgtrain train")
+        result["process"] = {"date": result["date"], "machine": result["machine"], **process_bench(quick, log)}
     if presets:
         log("time to accuracy (cold processes)")
         result["presets"] = preset_runs(presets, repeats, log)
-    from .train import peak_rss_mib
+    from .resources import peak_rss_mib
 
     result["peak_rss_mib"] = peak_rss_mib()  # of this process: both sides' models and data
     return result
@@ -326,6 +329,10 @@ def markdown(result: dict) -> str:
                       f"{where}): one "
                       f"image {e['one_image_s'] * 1e3:.1f} ms, a batch of 64 {e['batch_64_s'] * 1e3:.0f} ms "
                       "(after a warm-up call, best of 20)."]
+    if "process" in result:
+        from .bench_process import markdown as process_markdown
+
+        lines += process_markdown(result["process"])
     if result.get("presets"):
         lines += ["", "Time to accuracy, cold `imgtrain train --preset NAME` (median of "
                   f"{len(next(iter(result['presets'].values()))['runs'])} runs):", "",
@@ -342,14 +349,19 @@ def markdown(result: dict) -> str:
 def training_markdown(result: dict) -> list[str]:
     lines = [f"Matmul ceiling: {result['matmul_gflops']['float32']:.0f} GFLOP/s float32, "
              f"{result['matmul_gflops']['bfloat16']:.0f} GFLOP/s bfloat16.", "",
-             "| job | seed code img/s | imgtrain img/s | speed-up | imgtrain step alone img/s (× seed) | "
-             "seed test acc | imgtrain test acc | share of peak (seed / imgtrain) | inference img/s (seed / imgtrain) |",
+             "| job | seed code img/s | seed code, imgtrain's settings img/s (× seed) | imgtrain img/s | speed-up | "
+             "imgtrain step alone img/s (× seed) | test acc (seed / seed with settings / imgtrain) | "
+             "share of peak (seed / imgtrain) | inference img/s (seed / imgtrain) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name, p in result["training"].items():
-        a, b, inf = p["seed"], p["imgtrain"], p["inference"]
+        a, b, c, inf = p["seed"], p["imgtrain"], p["seed_like_imgtrain"], p["inference"]
         alone = f"{b['step_only_images_per_s']:,.0f} ({p['step_only_speedup']:.2f}×)"
         lines.append(f"| {name} ({p['dataset']}, {p['epochs']} epochs) | {a['images_per_s']:,.0f} | "
-                     f"{b['images_per_s']:,.0f} | **{p['speedup']:.2f}×** | {alone} | {a['test_accuracy']:.4f} | "
+                     f"{c['images_per_s']:,.0f} ({p['settings_speedup']:.2f}×) | {b['images_per_s']:,.0f} | "
+                     f"**{p['speedup']:.2f}×** | {alone} | {a['test_accuracy']:.4f} / {c['test_accuracy']:.4f} / "
                      f"{b['test_accuracy']:.4f} | {a['peak_fraction']:.0%} / {b['peak_fraction']:.0%} | "
                      f"{inf['seed_images_per_s']:,.0f} / {inf['imgtrain_images_per_s']:,.0f} |")
+    lines += ["", f"imgtrain's settings: {FAST['precision']}, batch {FAST['batch_size']}, one-cycle schedule; the "
+                  "middle column runs the note's own code with the same dtype and batch size, so the gap between it "
+                  "and imgtrain is what imgtrain's path adds (uint8 batches, the fused BatchNorm, the loop)."]
     return lines

@@ -13,6 +13,7 @@ from pathlib import Path
 import keras
 
 from .config import higher_is_better
+from .resources import process_age_s
 from .saving import atomic_write, save_model
 from .schedules import current_lr
 
@@ -36,6 +37,24 @@ class EpochStats(keras.callbacks.Callback):
             logs["epoch_seconds"] = time.perf_counter() - self._t0
             if self.stage is not None:
                 logs["stage"] = self.stage
+
+
+class StartupClock(keras.callbacks.Callback):
+    """When the run's first training step began, counted from the process's start (`startup_s`: imports, data,
+    model, compile), and how long that step took (`first_step_s`: it traces the train step)."""
+
+    def __init__(self):
+        super().__init__()
+        self.timings: dict[str, float] = {}
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if "startup_s" not in self.timings and (age := process_age_s()) is not None:
+            self.timings["startup_s"] = age
+            self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if "first_step_s" not in self.timings and "startup_s" in self.timings:
+            self.timings["first_step_s"] = time.perf_counter() - self._t0
 
 
 class Pinned:
@@ -240,6 +259,6 @@ def run_callbacks(cfg, model, run_dir: Path, meta: dict, resume: dict | None, ch
                HistoryFile(run_dir / "history.csv", rows)]  # rows as the checkpoint recorded them
     if cfg.tensorboard:
         writers.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False, profile_batch=0))
-    steer = [keras.callbacks.TerminateOnNaN(), stop, EpochSeeds(cfg.seed), EpochStats(),
+    steer = [keras.callbacks.TerminateOnNaN(), stop, StartupClock(), EpochSeeds(cfg.seed), EpochStats(),
              *[c for c in (early, plateau) if c]]
     return [*steer, *extra, *(writers if chief else [])], stop, rows

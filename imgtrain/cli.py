@@ -107,12 +107,13 @@ def bench(
                                                              "(repeatable; 'all' for every preset)"),
     repeats: int = typer.Option(3, "--repeats", help="runs per preset; the table gives the median"),
     sections: List[str] = typer.Option([], "--section", help="measure only these parts (repeatable): training, "
-                                                             "folder, transfer, explain; the others' tables are "
-                                                             "kept from OUT/results.json"),
+                                                             "folder, transfer, explain, process; the others' "
+                                                             "tables are kept from OUT/results.json"),
     out: Path = typer.Option(Path("benchmarks"), "--out", "-o", help="folder for results.json and results.md"),
 ):
     """Seed code against imgtrain on the seed models (training and inference img/s, accuracy), the folder
-    pipeline, and fine-tuning a backbone against Keras' transfer-learning guide."""
+    pipeline, fine-tuning a backbone against Keras' transfer-learning guide, and whole cold processes: the notes'
+    scripts against `imgtrain train`."""
     from .backend import use_backend
     from .bench import SECTIONS, markdown, merged, run_bench
     from .errors import UnknownName

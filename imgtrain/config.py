@@ -101,10 +101,11 @@ class TrainConfig(BaseModel):
     jit_compile: Optional[bool] = Field(
         None, description="XLA-compile the train step; None: off on TensorFlow, where that is 1.6x faster for these "
                           "CNNs on CPU (Keras 3.15 + TF 2.21, seed 000 CNN: 4,573 vs 2,912 img/s), Keras' 'auto' on JAX")
-    precision: Literal["float32", "mixed_bfloat16", "mixed_float16"] = Field(
-        "float32", description="compute dtype; variables stay float32. mixed_bfloat16 is ~2-3x faster on CPUs with "
-                               "AVX512_BF16/AMX (seed 000 CNN, batch 256: ~9,300 vs ~3,000-5,000 img/s here); "
-                               "mixed_float16 is for GPUs")
+    precision: Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"] = Field(
+        "auto", description="compute dtype; variables stay float32. auto: mixed_bfloat16 on a CPU with AVX512_BF16 or "
+                            "AMX (1.5-2.4x faster here at the same accuracy) and on GPUs of compute capability 8+, "
+                            "mixed_float16 on 7.x GPUs, float32 otherwise and for depthwise-convolution backbones on "
+                            "a CPU; run.json records the choice and why (docs/speed.md)")
     tensorboard: bool = Field(True, description="write TensorBoard logs under RUN_DIR/tensorboard")
     save_h5: bool = Field(False, description="also write the legacy best.h5")
     report: bool = Field(True, description="write the plots and report.html at the end of the run")

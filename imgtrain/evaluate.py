@@ -98,6 +98,25 @@ def evaluate(model, split: Split, class_names: list[str], batch_size: int = 512,
     return {**metrics_from_probs(probs, y, class_names), "tta": tta}
 
 
+def score_test(model, split: Split, class_names: list[str], run_dir, batch_size: int, skipped: dict,
+               tta: str = "none") -> dict:
+    """A run's test metrics (the test set scored once, by the best model), with the probabilities saved as
+    RUN_DIR/predictions-test.npz for the report, which reuses them instead of predicting again."""
+    import io
+    from pathlib import Path
+
+    from .report import PREDICTIONS
+    from .saving import atomic_write
+
+    probs, y, positions = predict_probs(model, split, batch_size=batch_size, skipped=skipped, tta=tta)
+    buf = io.BytesIO()
+    np.savez(buf, probs=probs, y=y, positions=positions)
+    atomic_write(Path(run_dir) / PREDICTIONS, buf.getvalue())
+    result = metrics_from_probs(probs, y, class_names)
+    return {"test_accuracy": result["accuracy"], "test_loss": result["loss"], "test_macro_f1": result["macro_f1"],
+            "test_images": result["n"], "test_tta": tta, "test": result}
+
+
 def format_table(result: dict) -> str:
     """A readable summary: headline numbers, per-class table, confusion matrix."""
     names = result["class_names"]

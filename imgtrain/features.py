@@ -64,7 +64,7 @@ def _key(extractor, images: np.ndarray | list[str], shape) -> str:
     other weights or other images (or another size, or order) give another key."""
     from .data.cache import array_bytes
     from .data.files import listing_hash
-    from .train import weights_hash
+    from .saving import weights_hash
 
     h = hashlib.sha256(extractor.to_json().encode())
     h.update(weights_hash(extractor).encode())

@@ -107,7 +107,8 @@ class Explainer:
         self.layer = feature.name if feature is not None else None
         self._grad_model, self._head = _logit_model(model, feature)
         self.num_classes = self._head.units
-        self._maps = tf.function(self._batch_maps, reduce_retracing=True)
+        # no autograph: the step has no Python control flow on tensors, and converting it took half its tracing time
+        self._maps = tf.function(self._batch_maps, reduce_retracing=True, autograph=False)
 
     def _batch_maps(self, x, classes, chosen):
         """(maps (n, h, w) in [0, 1], probabilities, the classes explained): `classes` where `chosen`, else the

@@ -54,9 +54,10 @@ def lr_find(config=None, start: float = 1e-6, end: float = 1.0, steps: int = 200
         raise ConfigError(f"lr-find needs 0 < start < end (got start {start:g}, end {end:g})")
     use_backend(cfg.backend)
     from .batchnorm import fused_batchnorm
+    from .precision import resolve as resolve_precision
     from .transfer import resolve
 
-    cfg = resolve(cfg)
+    cfg, _ = resolve_precision(resolve(cfg))
     with precision(cfg.precision), fused_batchnorm(cfg.backend):
         return _lr_find(cfg, start, end, steps, out)
 

@@ -8,7 +8,7 @@ from .registry import Registry
 
 PRESETS: Registry[dict] = Registry("preset")
 
-FAST_RUN = dict(val_split=0.0, monitor="loss", precision="mixed_bfloat16", tensorboard=False, report=False)
+FAST_RUN = dict(val_split=0.0, monitor="loss", tensorboard=False, report=False)  # precision: auto, the default
 
 
 def preset(name: str, about: str, target: dict, **config) -> None:

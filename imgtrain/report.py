@@ -83,9 +83,9 @@ def _predictions(run: RunRecord, ds):
     return predict_probs(model, ds.test, tta=run.config.get("tta", "none"))
 
 
-def make_figures(run_dir: str | Path, ds=None, timings: dict | None = None) -> dict:
-    """{name: matplotlib Figure} for a run directory; `ds` saves reloading the data when the caller has it;
-    `timings` gets the seconds the heatmaps took (`heatmaps_s`)."""
+def make_figures(run_dir: str | Path, ds=None, timings: dict | None = None, model=None) -> dict:
+    """{name: matplotlib Figure} for a run directory; `ds` and `model` (the run's best model) save reloading them
+    when the caller has them; `timings` gets the seconds the heatmaps took (`heatmaps_s`)."""
     run = read_run(run_dir)
     from .data import run_dataset
 
@@ -108,7 +108,7 @@ def make_figures(run_dir: str | Path, ds=None, timings: dict | None = None) -> d
         figs["misclassified"] = plots.misclassified(images_of(ds.test, pos[worst], shape), y[worst], probs[worst],
                                                     names, n=len(worst))
         t = time.perf_counter()
-        explained = _heatmaps(run, ds, probs, y, pos, worst[:EXPLAINED_MISTAKES])
+        explained = _heatmaps(run, ds, probs, y, pos, worst[:EXPLAINED_MISTAKES], model)
         if timings is not None:
             timings["heatmaps_s"] = time.perf_counter() - t
         if explained is not None:
@@ -116,7 +116,7 @@ def make_figures(run_dir: str | Path, ds=None, timings: dict | None = None) -> d
     return figs
 
 
-def _heatmaps(run: RunRecord, ds, probs, y, pos, mistakes):
+def _heatmaps(run: RunRecord, ds, probs, y, pos, mistakes, model=None):
     """The heatmaps figure: each of `mistakes` and the most confident right image of each of the first classes,
     with the evidence for the predicted and for the true class. None on a backend without heatmaps (JAX)."""
     import keras
@@ -135,11 +135,11 @@ def _heatmaps(run: RunRecord, ds, probs, y, pos, mistakes):
     rows = np.concatenate([mistakes, np.array(right, np.int64)]).astype(np.int64)
     if not len(rows):
         return None
-    model, _ = load_model(run.path)
+    model = model if model is not None else load_model(run.path)[0]
     x = images_of(ds.test, pos[rows], tuple(ds.input_shape))
-    for_pred, for_true = explain(model, x, pred[rows]), explain(model, x, y[rows])
-    return plots.heatmaps(x, for_pred.heatmaps, for_true.heatmaps, y[rows], probs[rows], ds.class_names,
-                          for_pred.method)
+    both = explain(model, np.concatenate([x, x]), np.concatenate([pred[rows], y[rows]]))  # one trace, one batch
+    return plots.heatmaps(x, both.heatmaps[:len(x)], both.heatmaps[len(x):], y[rows], probs[rows], ds.class_names,
+                          both.method)
 
 
 def png_bytes(fig) -> bytes:
@@ -179,11 +179,11 @@ def render_html(run: RunRecord, pngs: dict[str, bytes]) -> str:
         config=[(k, json.dumps(v)) for k, v in run.config.items()], versions=list(info.get("versions", {}).items()))
 
 
-def write_report(run_dir: str | Path, ds=None, timings: dict | None = None) -> Path:
-    """Write the PNGs and report.html into `run_dir`; returns the path of report.html. `timings`: see
+def write_report(run_dir: str | Path, ds=None, timings: dict | None = None, model=None) -> Path:
+    """Write the PNGs and report.html into `run_dir`; returns the path of report.html. `timings`, `model`: see
     make_figures."""
     run_dir = Path(run_dir)
-    figs = make_figures(run_dir, ds, timings)
+    figs = make_figures(run_dir, ds, timings, model)
     pngs = {name: png_bytes(fig) for name, fig in figs.items()}
     for name, data in pngs.items():
         atomic_write(run_dir / f"{name}.png", data)

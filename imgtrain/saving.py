@@ -160,3 +160,15 @@ def float32_copy(model):
     copy = model.__class__.from_config(config)
     copy.set_weights(model.get_weights())
     return copy
+
+
+def weights_hash(model) -> str:
+    """sha256 over every weight's bytes, in layer order: equal hashes mean bit-identical models."""
+    import hashlib
+
+    from .data.cache import array_bytes
+
+    h = hashlib.sha256()
+    for w in model.get_weights():
+        h.update(array_bytes(w))
+    return h.hexdigest()

@@ -8,8 +8,6 @@ curves.png, samples.png, confusion.png, misclassified.png, per_class.png.
 from __future__ import annotations
 
 import errno
-import hashlib
-import io
 import json
 import logging
 import math
@@ -24,7 +22,8 @@ import numpy as np
 from .backend import precision, use_backend, versions
 from .config import TrainConfig, higher_is_better, load_config, make_config, save_config
 from .errors import ConfigError, ImgtrainError
-from .saving import atomic_write, atomic_write_json, remove_stale_temps
+from .resources import peak_rss_mib
+from .saving import atomic_write, atomic_write_json, remove_stale_temps, weights_hash
 
 RUNS_DIR = "runs"
 
@@ -155,28 +154,6 @@ def compile_model(model, cfg: TrainConfig, num_classes: int, optimizer) -> int:
     return onehot
 
 
-def peak_rss_mib() -> float | None:
-    """This process's peak resident memory in MiB: VmHWM of its own address space. (getrusage's ru_maxrss would
-    also count the parent's memory at fork, which Linux carries across exec.)"""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
-    return None
-
-
-def weights_hash(model) -> str:
-    """sha256 over every weight's bytes, in layer order: equal hashes mean bit-identical models."""
-    from .data.cache import array_bytes
-
-    h = hashlib.sha256()
-    for w in model.get_weights():
-        h.update(array_bytes(w))
-    return h.hexdigest()
-
-
 def progress_mode(cfg: TrainConfig) -> int:
     if cfg.verbose == "auto":
         return 1 if sys.stdout.isatty() else 2
@@ -196,15 +173,19 @@ def train(config: TrainConfig | dict | str | Path | None = None, *, callbacks: l
     from .transfer import resolve
 
     cfg = resolve(cfg)  # a pretrained start's defaults, recorded in config.yaml
+    from .precision import resolve as resolve_precision
+
+    cfg, chosen = resolve_precision(cfg)  # precision auto: this machine's choice, recorded in config.yaml
     from .batchnorm import fused_batchnorm
     from .distributed import join
 
     t_start = time.perf_counter()
     with precision(cfg.precision), fused_batchnorm(cfg.backend), join(cfg) as cluster:  # one process unless distribute
-        return _train(cluster, t_start, list(callbacks))
+        return _train(cluster, t_start, list(callbacks), {"precision": chosen})
 
 
-def _train(cluster, t_start: float, extra: list) -> RunResult:
+def _train(cluster, t_start: float, extra: list, record: dict) -> RunResult:
+    """`record`: what run.json says of how the run was set up (the precision chosen and why)."""
     import keras
 
     from .data import run_dataset
@@ -236,7 +217,8 @@ def _train(cluster, t_start: float, extra: list) -> RunResult:
     agree(cluster, "the epoch to resume from", resume["epoch"] if resume else 0)
     log = run_logger(make_run_dir(run_dir) if cluster.chief else None)
     try:
-        return _fit_and_score(cluster, ds, model, weights, run_dir, log, t_start, resume, extra, origin)
+        return _fit_and_score(cluster, ds, model, weights, run_dir, log, t_start, resume, extra,
+                              {**record, "init_from": origin} if origin else record)
     except OSError as err:
         log.error("stopped by %s: %s", type(err).__name__, err)
         if err.errno not in (errno.ENOSPC, errno.EFBIG):  # EFBIG: over a quota or the file-size limit (ulimit -f)
@@ -279,12 +261,13 @@ def _fit_data(cluster, ds, onehot: int, first: int, log: logging.Logger):
     return train_data, val
 
 
-def _start_record(cluster, ds, model, run_dir: Path, resume: dict | None) -> dict:
+def _start_record(cluster, ds, model, run_dir: Path, resume: dict | None, record: dict) -> dict:
     """run.json's first state (kept from the earlier start of a resumed run); process 0 writes it and config.yaml."""
     previous = json.loads((run_dir / "run.json").read_text()) if resume and (run_dir / "run.json").exists() else {}
     run_info = {"status": "running", "started": previous.get("started", datetime.now().isoformat(timespec="seconds")),
                 "versions": versions(), "data": ds.summary(), "params": int(model.count_params()),
-                "run_dir": str(run_dir), "resumed": previous.get("resumed", []) + ([resume["epoch"]] if resume else [])}
+                "run_dir": str(run_dir), "resumed": previous.get("resumed", []) + ([resume["epoch"]] if resume else []),
+                **record}
     if cluster.sharding:
         run_info["distribution"] = cluster.summary()
     if cluster.chief:
@@ -316,8 +299,8 @@ def _refuse_unfinished(cluster, run_dir: Path, run_info: dict, interrupted: bool
 
 
 def _fit_and_score(cluster, ds, model, weights, run_dir: Path, log: logging.Logger,
-                   t_start: float, resume: dict | None, extra: list, origin: dict | None) -> RunResult:
-    from .callbacks import run_callbacks
+                   t_start: float, resume: dict | None, extra: list, record: dict) -> RunResult:
+    from .callbacks import StartupClock, run_callbacks
     from .distributed import undistributed
     from .stages import fit_stages
     from .schedules import peak_lr
@@ -335,16 +318,18 @@ def _fit_and_score(cluster, ds, model, weights, run_dir: Path, log: logging.Logg
         log.info("resuming after epoch %d of %d from last.keras", resume["epoch"], cfg.epochs)
     meta = {"class_names": ds.class_names, "input_shape": list(ds.input_shape), "pixel_range": [0, 255],
             "dataset": cfg.dataset, "model": cfg.model}
-    run_info = _start_record(cluster, ds, model, run_dir, resume)
-    if origin:  # init_from: the model this run started from, with its file's hash
+    run_info = _start_record(cluster, ds, model, run_dir, resume, record)
+    log.info("precision %s: %s", record["precision"]["chosen"], record["precision"]["why"])
+    if "init_from" in record:  # the model this run started from, with its file's hash
+        origin = record["init_from"]
         log.info("started from %s (sha256 %s), head %s", origin["path"], origin["sha256"], origin["head"])
-        run_info["init_from"] = origin
     callbacks, stop, rows = run_callbacks(cfg, model, run_dir, meta, resume, chief, extra)
     # a run killed after early stopping ended it (while scoring, say) has nothing left to train
     last_epoch = first if (resume or {}).get("stopped") else cfg.epochs
     fitted = fit_stages(cluster, ds, model, (train_data, val), callbacks, weights, first, last_epoch,
                         model.optimizer if resume else None, log)
     t_fit = time.perf_counter()
+    run_info["timings"] = next(c.timings for c in callbacks if isinstance(c, StartupClock))
     losses = fitted.get("loss", [])
     _refuse_unfinished(cluster, run_dir, run_info, stop.interrupted, rows, losses)
     if not chief:
@@ -356,33 +341,15 @@ def _fit_and_score(cluster, ds, model, weights, run_dir: Path, log: logging.Logg
 
 def _score(cfg: TrainConfig, ds, model, run_dir: Path, log: logging.Logger, meta: dict, rows: list[dict],
            run_info: dict, skipped: dict, losses: list, times: tuple) -> RunResult:
-    """The best model's test metrics, predictions, run.json and the report (process 0 only)."""
-    import keras
-
-    from .evaluate import metrics_from_probs, predict_probs
-    from .report import PREDICTIONS
-    from .saving import save_model
-
+    """The best model's test metrics, predictions, run.json and the report (process 0 only). `times`: perf_counter
+    at the start, after the data and after fit; run_info["timings"] may already hold the start-up clock's."""
     t_start, t_data, t_fit = times
-
-    best_path = run_dir / "best.keras"
-    if not best_path.exists():  # the monitored value never became finite: keep the last model as "best"
-        log.warning("%s never improved; best.keras is the last epoch's model", cfg.monitor)
-        save_model(model, best_path, {**meta, "epoch": cfg.epochs})
-    best = keras.models.load_model(best_path, safe_mode=True)
-    save_model(best, run_dir / "best.weights.h5", meta)
-    if cfg.save_h5:
-        save_model(best, run_dir / "best.h5", meta)
+    best = _best_model(cfg, model, run_dir, log, meta)
     metrics = {}
     if ds.test is not None and len(ds.test):
-        probs, y_test, positions = predict_probs(best, ds.test, batch_size=max(cfg.batch_size, 256), skipped=skipped,
-                                                 tta=cfg.tta)
-        buf = io.BytesIO()
-        np.savez(buf, probs=probs, y=y_test, positions=positions)
-        atomic_write(run_dir / PREDICTIONS, buf.getvalue())
-        result = metrics_from_probs(probs, y_test, ds.class_names)
-        metrics = {"test_accuracy": result["accuracy"], "test_loss": result["loss"], "test_macro_f1": result["macro_f1"],
-                   "test_images": result["n"], "test_tta": cfg.tta, "test": result}
+        from .evaluate import score_test
+
+        metrics = score_test(best, ds.test, ds.class_names, run_dir, max(cfg.batch_size, 256), skipped, cfg.tta)
     hist = {k: [r[k] for r in rows] for k in (rows[0] if rows else {}) if k != "epoch"}
     if cfg.monitor in hist:
         sign = 1 if higher_is_better(cfg.monitor) else -1
@@ -393,19 +360,38 @@ def _score(cfg: TrainConfig, ds, model, run_dir: Path, log: logging.Logger, meta
     metrics["weights_sha256"] = weights_hash(best)  # what `imgtrain replay` compares
     atomic_write_json(run_dir / "metrics.json", metrics)
     t_end = time.perf_counter()
+    timings = run_info.setdefault("timings", {})
+    timings.update(setup_s=t_data - t_start, fit_s=t_fit - t_data, evaluate_s=t_end - t_fit, total_s=t_end - t_start,
+                   train_images_per_s=len(ds.train) * len(losses) / max(t_fit - t_data, 1e-9))
     run_info.update(status="done", finished=datetime.now().isoformat(timespec="seconds"), skipped=len(skipped),
-                    data=ds.summary(),
-                    timings={"setup_s": t_data - t_start, "fit_s": t_fit - t_data, "evaluate_s": t_end - t_fit,
-                             "total_s": t_end - t_start,
-                             "train_images_per_s": len(ds.train) * len(losses)
-                             / max(t_fit - t_data, 1e-9)}, peak_rss_mib=peak_rss_mib())
+                    data=ds.summary(), peak_rss_mib=peak_rss_mib())
     atomic_write_json(run_dir / "run.json", run_info)
     log.info("done: %s", {k: v for k, v in metrics.items() if k != "test"})
     if cfg.report:
         from .report import write_report
 
-        t_report, spent = time.perf_counter(), {}
-        write_report(run_dir, ds, spent)
-        log.info("report written in %.1f s (heatmaps %.1f s): %s", time.perf_counter() - t_report,
-                 spent.get("heatmaps_s", 0.0), run_dir / "report.html")
+        spent = {}
+        write_report(run_dir, ds, spent, best)
+        timings.update(report_s=time.perf_counter() - t_end, heatmaps_s=spent.get("heatmaps_s", 0.0))
+        atomic_write_json(run_dir / "run.json", run_info)  # with the report's own time
+        log.info("report written in %.1f s (heatmaps %.1f s): %s", timings["report_s"], timings["heatmaps_s"],
+                 run_dir / "report.html")
     return RunResult(run_dir, best, hist, metrics)
+
+
+def _best_model(cfg: TrainConfig, model, run_dir: Path, log: logging.Logger, meta: dict):
+    """best.keras loaded back (the last epoch's model when the monitored value never became finite), with
+    best.weights.h5 (and best.h5 when asked) written beside it."""
+    import keras
+
+    from .saving import save_model
+
+    best_path = run_dir / "best.keras"
+    if not best_path.exists():  # the monitored value never became finite: keep the last model as "best"
+        log.warning("%s never improved; best.keras is the last epoch's model", cfg.monitor)
+        save_model(model, best_path, {**meta, "epoch": cfg.epochs})
+    best = keras.models.load_model(best_path, safe_mode=True)
+    save_model(best, run_dir / "best.weights.h5", meta)
+    if cfg.save_h5:
+        save_model(best, run_dir / "best.h5", meta)
+    return best

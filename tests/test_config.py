@@ -8,9 +8,9 @@ from imgtrain.errors import ConfigError
 
 def test_defaults_and_the_demo_job():
     cfg = TrainConfig()
-    assert (cfg.dataset, cfg.model, cfg.schedule, cfg.precision) == ("fashion_mnist", "cnn_bn", "onecycle", "float32")
+    assert (cfg.dataset, cfg.model, cfg.schedule, cfg.precision) == ("fashion_mnist", "cnn_bn", "onecycle", "auto")
     demo = load_config(Path(__file__).parents[1] / "configs" / "demo.yaml")
-    assert (demo.dataset, demo.model, demo.precision) == ("fashion_mnist", "resnet9", "mixed_bfloat16")
+    assert (demo.dataset, demo.model, demo.precision) == ("fashion_mnist", "resnet9", "auto")
 
 
 def test_unknown_key_names_the_valid_keys():

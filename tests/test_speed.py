@@ -12,6 +12,7 @@ from conftest import ROOT, run_cli, write_pngs
 from imgtrain.config import make_config
 from imgtrain.errors import UnknownName
 from imgtrain.lr_find import batch_losses, smooth, suggest
+from imgtrain.precision import choose, cpu_info
 from imgtrain.presets import PRESETS, preset_config
 
 
@@ -33,9 +34,9 @@ def test_every_preset_is_documented_with_the_recipe_and_target_it_holds(name):
     ones presets.py holds, and the measured figures they show must meet that target (the docs claim they do)."""
     cfg = make_config(**preset_config(name))
     target = PRESETS.get(name)["target"]
-    # what docs/speed.md says every preset does: all training images, no TensorBoard or report, bfloat16
+    # what docs/speed.md says every preset does: all training images, no TensorBoard or report, precision auto
     assert cfg.val_split == 0 and cfg.train_limit is None and not cfg.tensorboard and not cfg.report
-    assert cfg.precision == "mixed_bfloat16" and cfg.dataset == name.split("-")[0].replace("fashion", "fashion_mnist")
+    assert cfg.precision == "auto" and cfg.dataset == name.split("-")[0].replace("fashion", "fashion_mnist")
 
     _, recipe, acc, wall, stated = _table_row("docs/speed.md", name)
     assert stated == f"{target['accuracy'] * 100:.1f} % in {target['seconds']} s"
@@ -110,7 +111,8 @@ def test_preset_with_overrides_trains(tmp_path):
     proc = run_cli("train", "--preset", "mnist-99", "--train-limit", "3000", "--epochs", "3", "--set",
                    "test_limit=1000", "--out", tmp_path / "run")
     cfg = (tmp_path / "run" / "config.yaml").read_text()
-    assert "model: cnn_small" in cfg and "precision: mixed_bfloat16" in cfg and "label_smoothing: 0.1" in cfg
+    chosen = choose("cnn_small", cpu_info()[1], None)[0]  # precision auto, resolved on this machine
+    assert "model: cnn_small" in cfg and f"precision: {chosen}" in cfg and "label_smoothing: 0.1" in cfg
     assert "train_limit: 3000" in cfg and "epochs: 3" in cfg
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["test_accuracy"] >= 0.90, proc.stdout
@@ -226,14 +228,22 @@ def test_bench_quick_runs_and_writes_its_tables(tmp_path):
         for side, peak in ((a, "float32"), (b, "bfloat16")):
             flops = side["images_per_s"] * p["mflop_per_train_image"] * 1e6
             assert side["peak_fraction"] == pytest.approx(flops / (result["matmul_gflops"][peak] * 1e9), rel=1e-12)
+        c = p["seed_like_imgtrain"]  # the note's code with imgtrain's dtype and batch size
+        assert (c["batch_size"], c["precision"]) == (b["batch_size"], b["precision"]) == (256, "mixed_bfloat16")
+        assert c["images_per_s"] == pytest.approx(6000 / statistics.median(c["epoch_s"][1:]), rel=1e-12)
+        assert p["settings_speedup"] == pytest.approx(c["images_per_s"] / a["images_per_s"], rel=1e-12)
         row = _cells(table, f"{job} ({dataset}, 2 epochs)")
         assert _num(row[0]) == pytest.approx(a["images_per_s"], abs=0.5)
-        assert _num(row[1]) == pytest.approx(b["images_per_s"], abs=0.5)
-        assert _num(row[2]) == pytest.approx(p["speedup"], abs=0.005)
-        alone, times = row[3].split(" (")
+        like, like_times = row[1].split(" (")
+        assert _num(like) == pytest.approx(c["images_per_s"], abs=0.5)
+        assert _num(like_times.rstrip(")")) == pytest.approx(p["settings_speedup"], abs=0.005)
+        assert _num(row[2]) == pytest.approx(b["images_per_s"], abs=0.5)
+        assert _num(row[3]) == pytest.approx(p["speedup"], abs=0.005)
+        alone, times = row[4].split(" (")
         assert _num(alone) == pytest.approx(b["step_only_images_per_s"], abs=0.5)
         assert _num(times.rstrip(")")) == pytest.approx(p["step_only_speedup"], abs=0.005)
-        assert [float(row[4]), float(row[5])] == pytest.approx([a["test_accuracy"], b["test_accuracy"]], abs=5e-5)
+        assert [float(v) for v in row[5].split("/")] == pytest.approx(
+            [a["test_accuracy"], c["test_accuracy"], b["test_accuracy"]], abs=5e-5)
         assert [_num(v) for v in row[6].split("/")] == pytest.approx(
             [100 * a["peak_fraction"], 100 * b["peak_fraction"]], abs=0.5)
         assert [_num(v) for v in row[7].split("/")] == pytest.approx(
@@ -248,11 +258,11 @@ def test_bench_quick_runs_and_writes_its_tables(tmp_path):
     for label, key in (("seed `ImageDataGenerator` (one epoch)", "seed_imagedatagenerator_images_per_s"),
                        ("imgtrain first epoch (decode at reduced size, threads)", "imgtrain_first_epoch_images_per_s"),
                        ("imgtrain next run (uint8 cache by path, size, mtime)", "imgtrain_cached_load_images_per_s"),
-                       ("imgtrain later epochs (uint8 batches in memory)", "imgtrain_later_epoch_images_per_s"),
-                       ("seed 004's augmentation as Keras layers (in the train step, on the batch)",
-                        "augmentation_images_per_s")):
+                       ("imgtrain later epochs (uint8 batches in memory + seed 004's augmentation layers on each "
+                        "batch)", "imgtrain_later_epoch_images_per_s")):
         assert _num(_cells(table, label)[0]) == pytest.approx(folder[key], abs=0.5)
     dogs = next(line for line in table.splitlines() if line.startswith("| training, Dogs-vs-Cats CNN"))
+    assert "batch 64 both" in dogs
     seed_rate, ours = dogs.strip("| ").rsplit("|", 1)[1].split("→")
     assert [_num(seed_rate), _num(ours)] == pytest.approx(
         [folder["seed_train_images_per_s"], folder["imgtrain_train_images_per_s"]], abs=0.5)
@@ -261,7 +271,8 @@ def test_bench_quick_runs_and_writes_its_tables(tmp_path):
     assert result["peak_rss_mib"] > 100 and f"{result['peak_rss_mib']:,.0f} MiB" in table
 
     # the transfer section alone, into the same folder: it adds its table and keeps the others as they were
-    run_cli("bench", "--quick", "--section", "transfer", "--section", "explain", "--out", tmp_path / "b", timeout=600)
+    run_cli("bench", "--quick", "--section", "transfer", "--section", "explain", "--section", "process",
+            "--out", tmp_path / "b", timeout=900)
     again = json.loads((tmp_path / "b" / "results.json").read_text())
     assert again["training"] == result["training"] and again["folder"] == result["folder"]
     assert again["date"] == result["date"] and again["matmul_gflops"] == result["matmul_gflops"]
@@ -273,6 +284,35 @@ def test_bench_quick_runs_and_writes_its_tables(tmp_path):
     e = again["explain"]
     assert e["method"] == "hirescam" and 0 < e["one_image_s"] <= e["batch_64_s"]
     assert f"one image {e['one_image_s'] * 1e3:.1f} ms, a batch of 64 {e['batch_64_s'] * 1e3:.0f} ms" in tables
+    _check_process(again["process"], tables)
+
+
+def _check_process(p: dict, table: str) -> None:
+    """Whole processes: each side ran the command it names, in the dtype and batch size it claims (the note as
+    written: float32 and its own batch; with imgtrain's settings: the dtype imgtrain chose and its batch size), the
+    speed-ups are the note's median wall time over the side's, and the table shows these figures."""
+    assert (p["epochs"], p["repeats"], list(p["jobs"])) == (1, 1, ["seed000", "seed004"])
+    for job, model, note_batch in (("seed000", "cnn_small", 100), ("seed004", "cnn_bn", 200)):
+        s = p["jobs"][job]
+        note, ours, like = s["note"], s["imgtrain"], s["note_like_imgtrain"]
+        chosen = choose(model, cpu_info()[1], None)[0]
+        assert (note["precision"], note["batch_size"]) == ("float32", note_batch)
+        assert (ours["precision"], ours["batch_size"]) == (like["precision"], like["batch_size"]) == (chosen, 128)
+        assert note["command"].startswith(f"python -m imgtrain.notes {job} --epochs 1")
+        assert ours["command"].startswith("imgtrain train --epochs 1 --dataset") and model in ours["command"]
+        assert like["command"] == note["command"] + " --like-imgtrain"
+        for side in (ours, like):
+            assert side["speedup"] == pytest.approx(note["median_wall_s"] / side["median_wall_s"], rel=1e-12)
+        for side in (note, ours, like):
+            assert len(side["runs"]) == 1 and side["median_wall_s"] == side["runs"][0]["wall_s"] > 1
+        assert ours["runs"][0]["timings"]["startup_s"] > 0  # the run's own clock reached the bench
+        row = _cells(table, job)
+        assert _num(row[0].split(" (")[0]) == pytest.approx(note["median_wall_s"], abs=0.05)
+        assert _num(row[1]) == pytest.approx(ours["median_wall_s"], abs=0.05)
+        assert _num(row[2]) == pytest.approx(ours["speedup"], abs=0.005)
+        assert [float(v) for v in row[4].split("/")] == pytest.approx(
+            [note["median_test_accuracy"], ours["median_test_accuracy"], like["median_test_accuracy"]], abs=5e-5)
+        assert row[5] == f"{chosen}, batch 128"
 
 
 def _check_transfer(t: dict, table: str) -> None:
@@ -314,4 +354,18 @@ def _check_transfer(t: dict, table: str) -> None:
 def test_bench_refuses_an_unknown_section_in_one_line_before_measuring(tmp_path):
     proc = run_cli("bench", "--section", "transfr", "--out", tmp_path / "b", check=False)
     assert proc.returncode == 2 and not (tmp_path / "b").exists()
-    assert proc.stderr.strip() == "error: unknown bench section 'transfr'; known: training, folder, transfer, explain"
+    assert proc.stderr.strip() == ("error: unknown bench section 'transfr'; known: training, folder, transfer, explain, "
+                                   "process")
+
+
+def test_a_run_records_where_its_time_went(mnist_run):
+    """run.json's timings: the process's start-up until the first training step (from /proc, so it includes the
+    imports), that step, the fit, the test scoring and the report; report.html and train.log show them."""
+    out, _ = mnist_run
+    t = json.loads((out / "run.json").read_text())["timings"]
+    assert 0.5 < t["startup_s"] < 120 and 0 < t["first_step_s"] < t["fit_s"]  # TensorFlow's import alone takes > 0.5 s
+    assert t["setup_s"] < t["startup_s"]  # the run's own set-up comes after the imports
+    assert 0 < t["evaluate_s"] and 0 < t["heatmaps_s"] < t["report_s"]
+    assert t["total_s"] == pytest.approx(t["setup_s"] + t["fit_s"] + t["evaluate_s"], rel=1e-9)
+    assert f"report written in {t['report_s']:.1f} s" in (out / "train.log").read_text()
+    assert "startup_s" in (out / "report.html").read_text()

@@ -1,0 +1,97 @@
+"""`precision: auto`: the fastest compute dtype that this machine runs without losing accuracy, chosen per run.
+
+bfloat16 where the hardware has bfloat16 arithmetic (a CPU with AVX512_BF16 or AMX, a GPU of compute capability
+8.0 or later), float16 with loss scaling on older GPUs (7.x), float32 otherwise. Variables, the softmax and the loss
+stay float32 under either mixed policy. The choice and its reason go to run.json and train.log; config.yaml records
+the policy chosen, so a replay or a resumed run computes in the same dtype.
+
+Measured on a 2-core Xeon with AMX (docs/speed.md, "precision: auto"): bfloat16 trains imgtrain's convolutional
+models faster than float32 at the same validation accuracy; the MLP and the backbones built on depthwise
+convolutions (MobileNet, EfficientNet, ConvNeXt) gain nothing or lose, so they keep float32 on a CPU.
+"""
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
+BF16_CPU_FLAGS = {"avx512_bf16", "amx_bf16"}  # /proc/cpuinfo flags of CPUs with bfloat16 dot products
+# models that keep float32 on a CPU with bfloat16, by name prefix, and why (measured: docs/speed.md)
+FLOAT32_ON_CPU = {
+    "mlp": "a dense network is memory-bound: bfloat16 trains it no faster on a CPU and cost validation accuracy",
+    "mobilenet": "its depthwise convolutions train 2x slower in bfloat16 than in float32 on a CPU",
+    "efficientnet": "its depthwise convolutions train no faster in bfloat16 than in float32 on a CPU",
+    "convnext": "its depthwise convolutions train no faster in bfloat16 than in float32 on a CPU",
+}
+
+
+def cpu_info() -> tuple[str, set[str]]:
+    """(model name, instruction-set flags) of the first CPU in /proc/cpuinfo; elsewhere what `platform` knows."""
+    fields = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    return fields.get("model name") or platform.processor() or platform.machine(), set(fields.get("flags", "").split())
+
+
+def gpu_capability(backend: str) -> tuple[str, float] | None:
+    """(name, CUDA compute capability) of the first GPU the backend sees, or None on a CPU-only machine."""
+    if backend == "jax":
+        import jax
+
+        gpus = [d for d in jax.devices() if d.platform == "gpu"]
+        return (gpus[0].device_kind, float(getattr(gpus[0], "compute_capability", 0) or 0)) if gpus else None
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return None
+    details = tf.config.experimental.get_device_details(gpus[0])
+    major, minor = details.get("compute_capability", (0, 0))
+    return details.get("device_name", gpus[0].name), major + minor / 10
+
+
+def choose(model: str, flags: set[str], gpu: tuple[str, float] | None) -> tuple[str, str]:
+    """(policy, why) for `model` on a machine with CPU `flags` and `gpu` (see gpu_capability)."""
+    if gpu is not None:
+        name, capability = gpu
+        if capability >= 8.0:
+            return "mixed_bfloat16", f"GPU {name} (compute capability {capability:g}) has bfloat16 units"
+        if capability >= 7.0:
+            return "mixed_float16", f"GPU {name} (compute capability {capability:g}) has float16 tensor cores"
+        return "float32", f"GPU {name} (compute capability {capability:g}) has no fast half-precision units"
+    has = sorted(BF16_CPU_FLAGS & flags)
+    if not has:
+        return "float32", "this CPU has no bfloat16 instructions (avx512_bf16 or amx_bf16)"
+    reason = next((why for prefix, why in FLOAT32_ON_CPU.items() if model.startswith(prefix)), None)
+    if reason:
+        return "float32", f"{model}: {reason} (this CPU has {', '.join(has)})"
+    return "mixed_bfloat16", f"this CPU has {', '.join(has)}"
+
+
+def resolve(cfg):
+    """`cfg` with `precision: auto` replaced by this machine's choice (a copy), and the record for run.json:
+    {"asked", "chosen", "why"}. An unfinished run in cfg.out resumes in the precision it started with."""
+    if cfg.precision != "auto":
+        return cfg, {"asked": cfg.precision, "chosen": cfg.precision, "why": "set in the config"}
+    started = _started_with(cfg.out)
+    if started:
+        policy, why = started, "the precision this unfinished run started with"
+    else:
+        policy, why = choose(cfg.model, cpu_info()[1], gpu_capability(cfg.backend))
+    return cfg.model_copy(update={"precision": policy}), {"asked": "auto", "chosen": policy, "why": why}
+
+
+def _started_with(out: str | None) -> str | None:
+    if not out or not (Path(out) / "config.yaml").is_file():
+        return None
+    import yaml
+
+    try:
+        saved = yaml.safe_load((Path(out) / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    return saved.get("precision") if saved.get("precision") in POLICIES else None

@@ -1,0 +1,61 @@
+"""`precision: auto`: the choice per machine and model, recorded in the run and applied to the model it saves."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from imgtrain.config import make_config
+from imgtrain.precision import choose, cpu_info, resolve
+
+XEON_FLAGS = {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}
+OLD_CPU_FLAGS = {"avx2", "avx512f"}  # AVX-512 without bfloat16 dot products
+
+
+@pytest.mark.parametrize("model, flags, gpu, expect", [
+    ("cnn_small", XEON_FLAGS, None, "mixed_bfloat16"),
+    ("resnet9", {"avx512_bf16"}, None, "mixed_bfloat16"),
+    ("cnn_small", OLD_CPU_FLAGS, None, "float32"),
+    ("mlp", XEON_FLAGS, None, "float32"),                  # memory-bound: bfloat16 gains nothing there (measured)
+    ("mobilenet_v3_small", XEON_FLAGS, None, "float32"),   # depthwise convolutions: slower in bfloat16 on a CPU
+    ("efficientnet_b0", XEON_FLAGS, None, "float32"),
+    ("resnet50_v2", XEON_FLAGS, None, "mixed_bfloat16"),
+    ("cnn_small", set(), ("NVIDIA H200", 9.0), "mixed_bfloat16"),
+    ("mobilenet_v3_small", set(), ("NVIDIA A100", 8.0), "mixed_bfloat16"),  # the CPU exception is for CPUs
+    ("cnn_small", set(), ("Tesla V100", 7.0), "mixed_float16"),
+    ("cnn_small", XEON_FLAGS, ("Tesla K80", 3.7), "float32"),
+])
+def test_auto_chooses_per_hardware_and_model_and_says_why(model, flags, gpu, expect):
+    policy, why = choose(model, flags, gpu)
+    assert policy == expect
+    assert why and (gpu is None or gpu[0] in why)
+
+
+def test_an_explicit_precision_is_kept():
+    cfg, record = resolve(make_config(dataset="mnist", precision="float32"))
+    assert cfg.precision == "float32" and record == {"asked": "float32", "chosen": "float32",
+                                                     "why": "set in the config"}
+
+
+def test_an_unfinished_run_resumes_in_the_precision_it_started_with(tmp_path):
+    """Resuming on a machine that would choose otherwise must not change the dtype half-way through the run."""
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"dataset": "mnist", "precision": "mixed_float16"}))
+    cfg, record = resolve(make_config(dataset="mnist", out=str(tmp_path)))
+    assert cfg.precision == "mixed_float16" and record["asked"] == "auto"
+
+
+def test_a_default_run_records_and_applies_this_machines_choice(mnist_run):
+    """The CLI run of conftest uses the default precision: run.json says what was chosen and why, config.yaml holds
+    the policy (so a replay or resume computes alike), and the saved model computes in it."""
+    import keras
+
+    out, _ = mnist_run
+    expect, why = choose("cnn_small", cpu_info()[1], None)
+    info = json.loads((out / "run.json").read_text())
+    assert info["precision"] == {"asked": "auto", "chosen": expect, "why": why}
+    assert yaml.safe_load((out / "config.yaml").read_text())["precision"] == expect
+    model = keras.models.load_model(out / "best.keras")
+    conv = next(layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D))
+    assert conv.dtype_policy.name == expect
+    assert f"precision {expect}: {why}" in (out / "train.log").read_text()
