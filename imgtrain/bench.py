@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .precision import cpu_info
+from .auto import cpu_info
 
 
 # imgtrain's settings for the seed models (side B); the learning rate is scaled with the batch

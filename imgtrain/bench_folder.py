@@ -15,7 +15,8 @@ from .bench import _timed, forward_flops, seed004_model
 
 def make_jpeg_folder(root: Path, n: int, size=(320, 240), seed: int = 0, signal: bool = False) -> Path:
     """n photo-like JPEGs (smooth colour fields with shapes and grain), half in cats/, half in dogs/. With `signal`
-    the class shows: cats hold ellipses, dogs rectangles (otherwise both hold ellipses and no model can tell)."""
+    the class shows in the shapes' colour, which flips, shifts and rotations leave alone: reddish for cats, bluish
+    for dogs (otherwise any colour, and no model can tell the classes apart)."""
     from PIL import Image, ImageDraw
 
     rng = np.random.default_rng(seed)
@@ -27,9 +28,12 @@ def make_jpeg_folder(root: Path, n: int, size=(320, 240), seed: int = 0, signal:
         draw = ImageDraw.Draw(im)
         for _ in range(3):
             x0, y0 = rng.integers(0, size[0] - 40), rng.integers(0, size[1] - 40)
-            shape = draw.rectangle if signal and folder.name == "dogs" else draw.ellipse
-            shape([x0, y0, x0 + rng.integers(20, 120), y0 + rng.integers(20, 100)],
-                  fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+            colour = rng.integers(0, 256, 3)
+            if signal:  # a strong channel and two weak ones: red for cats, blue for dogs
+                colour = np.array([rng.integers(170, 256), rng.integers(0, 90), rng.integers(0, 90)])
+                colour = colour if folder.name == "cats" else colour[::-1]
+            draw.ellipse([x0, y0, x0 + rng.integers(20, 120), y0 + rng.integers(20, 100)],
+                         fill=tuple(int(v) for v in colour))
         grain = rng.normal(0, 6, (size[1], size[0], 3))
         im = Image.fromarray(np.clip(np.asarray(im) + grain, 0, 255).astype(np.uint8))
         im.save(folder / f"{i}.jpg", quality=90)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -72,7 +72,9 @@ class TrainConfig(BaseModel):
 
     # optimisation
     epochs: int = Field(15, gt=0, description="passes over the training set")
-    batch_size: int = Field(128, gt=0, description="images per gradient step")
+    batch_size: Union[Literal["auto"], Annotated[int, Field(gt=0)]] = Field(
+        "auto", description="images per gradient step; auto: 128, halved (to 16 at least) until an epoch has 25 steps "
+                            "(a folder of 900 photos gets 32); run.json records the choice")
     optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
     learning_rate: float = Field(2e-3, gt=0.0, description="peak learning rate (at lr_base_batch when lr_scaling)")
     lr_scaling: Literal["none", "linear", "sqrt"] = Field(

@@ -54,7 +54,7 @@ def lr_find(config=None, start: float = 1e-6, end: float = 1.0, steps: int = 200
         raise ConfigError(f"lr-find needs 0 < start < end (got start {start:g}, end {end:g})")
     use_backend(cfg.backend)
     from .batchnorm import fused_batchnorm
-    from .precision import resolve as resolve_precision
+    from .auto import resolve as resolve_precision
     from .transfer import resolve
 
     cfg, _ = resolve_precision(resolve(cfg))
@@ -72,6 +72,9 @@ def _lr_find(cfg, start: float, end: float, steps: int, out) -> dict:
 
     keras.utils.set_random_seed(cfg.seed)
     ds = run_dataset(cfg, val_split=0.0, test_limit=1)
+    from .auto import resolve_batch
+
+    cfg, _ = resolve_batch(cfg, len(ds.train))
     model, _ = initial_model(cfg, ds)
     rate = keras.optimizers.schedules.ExponentialDecay(start, decay_steps=1, decay_rate=(end / start) ** (1 / steps))
     onehot = compile_model(model, cfg, ds.num_classes, make_optimizer(cfg, 1, lr=rate))

@@ -18,14 +18,16 @@ import json
 import time
 
 
-def _settings(args, model: str, batch: int) -> tuple[int, str]:
-    """(batch size, precision policy) of the job: the note's own, or imgtrain's defaults with --like-imgtrain."""
+def _settings(args, model: str, batch: int, train_images: int) -> tuple[int, str]:
+    """(batch size, precision policy) of the job: the note's own, or with --like-imgtrain what `imgtrain train`
+    chooses by default for the model and this training set (it holds out 10 % of it for validation)."""
     if not args.like_imgtrain:
         return batch, "float32"
+    from .auto import auto_batch, choose, cpu_info
     from .config import TrainConfig
-    from .precision import choose, cpu_info
 
-    return TrainConfig.model_fields["batch_size"].default, choose(model, cpu_info()[1], None)[0]
+    held_out = TrainConfig.model_fields["val_split"].default
+    return auto_batch(round(train_images * (1 - held_out)))[0], choose(model, cpu_info()[1], None)[0]
 
 
 def seed000(args) -> dict:
@@ -36,12 +38,12 @@ def seed000(args) -> dict:
 
     from .data.builtin import load_mnist
 
-    batch, policy = _settings(args, "cnn_small", 100)
-    keras.mixed_precision.set_global_policy(policy)
     a = load_mnist()[0]
     train_image, train_label, test_image, test_label = a["x_train"], a["y_train"], a["x_test"], a["y_test"]
     if args.limit:
         train_image, train_label = train_image[:args.limit], train_label[:args.limit]
+    batch, policy = _settings(args, "cnn_small", 100, len(train_image))
+    keras.mixed_precision.set_global_policy(policy)
     X_train, X_test = (train_image / 255.)[..., np.newaxis], (test_image / 255.)[..., np.newaxis]
     train_dataset = tf.data.Dataset.from_tensor_slices((X_train, train_label)).shuffle(len(X_train)) \
         .batch(batch, drop_remainder=True).repeat()
@@ -78,14 +80,14 @@ def seed004(args) -> dict:
 
     from .data.builtin import load_fashion_mnist
 
-    batch, policy = _settings(args, "cnn_bn", 200)
-    keras.mixed_precision.set_global_policy(policy)
     a = load_fashion_mnist()[0]
     trainImage = a["x_train"].reshape(-1, 28, 28, 1).astype("float32") / 255
     testImage = a["x_test"].reshape(-1, 28, 28, 1).astype("float32") / 255
     trainLabel, testLabel = keras.utils.to_categorical(a["y_train"], 10), keras.utils.to_categorical(a["y_test"], 10)
     if args.limit:
         trainImage, trainLabel = trainImage[:args.limit], trainLabel[:args.limit]
+    batch, policy = _settings(args, "cnn_bn", 200, len(trainImage))
+    keras.mixed_precision.set_global_policy(policy)
     model = _seed004_cnn((28, 28, 1), 10, 64, (0.2, 0.5))
     model.compile(loss="categorical_crossentropy", optimizer="adam", metrics=["accuracy"])
     model.fit(trainImage, trainLabel, validation_data=(testImage, testLabel), epochs=args.epochs, batch_size=batch,
@@ -99,7 +101,10 @@ def dogs_vs_cats(args) -> dict:
     import keras
     from keras.src.legacy.preprocessing.image import ImageDataGenerator  # Keras 3 keeps it only here
 
-    batch, policy = _settings(args, "cnn_bn", 15)
+    from pathlib import Path
+
+    train_images = sum(1 for p in Path(args.folder, "train").rglob("*") if p.is_file())
+    batch, policy = _settings(args, "cnn_bn", 15, train_images)
     keras.mixed_precision.set_global_policy(policy)
     train_datagen = ImageDataGenerator(rotation_range=15, rescale=1. / 255, shear_range=0.1, zoom_range=0.2,
                                        horizontal_flip=True, width_shift_range=0.1, height_shift_range=0.1)

@@ -52,6 +52,7 @@ def default_run_dir(cfg: TrainConfig) -> Path:
 # config keys that may differ between a run and its resumption (a process's id and the coordinator's address
 # may change when a distributed job is started again)
 IGNORED_ON_RESUME = {"out", "verbose", "process_id", "coordinator"}
+AUTO_KEYS = {"precision", "batch_size"}  # settings whose `auto` a run resolves and records
 
 
 def choose_run_dir(cfg: TrainConfig) -> tuple[Path, Path | None]:
@@ -64,7 +65,9 @@ def choose_run_dir(cfg: TrainConfig) -> tuple[Path, Path | None]:
     if status == "done":
         raise ImgtrainError(f"{run_dir} already holds a finished run; choose another --out or remove that directory")
     saved = load_config(run_dir / "config.yaml").model_dump(exclude=IGNORED_ON_RESUME)
-    now = cfg.model_dump(exclude=IGNORED_ON_RESUME)
+    # an `auto` setting resumes with what the run chose (auto.resolve_batch reads it from config.yaml)
+    now = {k: saved.get(k) if v == "auto" and k in AUTO_KEYS else v
+           for k, v in cfg.model_dump(exclude=IGNORED_ON_RESUME).items()}
     if saved != now:
         keys = sorted(k for k in now if now[k] != saved.get(k))
         raise ImgtrainError(f"{run_dir} holds an unfinished run with other settings ({', '.join(keys)}); "
@@ -173,21 +176,27 @@ def train(config: TrainConfig | dict | str | Path | None = None, *, callbacks: l
     from .transfer import resolve
 
     cfg = resolve(cfg)  # a pretrained start's defaults, recorded in config.yaml
-    from .precision import resolve as resolve_precision
+    from .auto import resolve as resolve_precision, resolve_batch
 
     cfg, chosen = resolve_precision(cfg)  # precision auto: this machine's choice, recorded in config.yaml
+    record = {"precision": chosen}
+    if cfg.distribute != "none":  # the global batch is fixed before the data are read
+        cfg, record["batch_size"] = resolve_batch(cfg, None)
     from .batchnorm import fused_batchnorm
     from .distributed import join
 
     t_start = time.perf_counter()
     with precision(cfg.precision), fused_batchnorm(cfg.backend), join(cfg) as cluster:  # one process unless distribute
-        return _train(cluster, t_start, list(callbacks), {"precision": chosen})
+        return _train(cluster, t_start, list(callbacks), record)
 
 
 def _train(cluster, t_start: float, extra: list, record: dict) -> RunResult:
-    """`record`: what run.json says of how the run was set up (the precision chosen and why)."""
+    """`record`: what run.json says of how the run was set up (the precision and batch size chosen, and why)."""
+    import dataclasses
+
     import keras
 
+    from .auto import resolve_batch
     from .data import run_dataset
     from .distributed import agree
     from .transfer import initial_model
@@ -196,6 +205,9 @@ def _train(cluster, t_start: float, extra: list, record: dict) -> RunResult:
     run_dir, resume_from = choose_run_dir(cfg)
     keras.utils.set_random_seed(cfg.seed)
     ds = run_dataset(cfg)
+    if cfg.batch_size == "auto":  # by the size of the training set, recorded in config.yaml
+        cfg, record["batch_size"] = resolve_batch(cfg, len(ds.train))
+        cluster = dataclasses.replace(cluster, config=cfg)
     if cfg.batch_size > len(ds.train):
         raise ConfigError(f"batch_size {cfg.batch_size} is larger than the {len(ds.train)} training images; "
                           f"use at most {len(ds.train)}")

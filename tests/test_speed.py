@@ -12,7 +12,7 @@ from conftest import ROOT, run_cli, write_pngs
 from imgtrain.config import make_config
 from imgtrain.errors import UnknownName
 from imgtrain.lr_find import batch_losses, smooth, suggest
-from imgtrain.precision import choose, cpu_info
+from imgtrain.auto import auto_batch, choose, cpu_info
 from imgtrain.presets import PRESETS, preset_config
 
 
@@ -297,7 +297,8 @@ def _check_process(p: dict, table: str) -> None:
         note, ours, like = s["note"], s["imgtrain"], s["note_like_imgtrain"]
         chosen = choose(model, cpu_info()[1], None)[0]
         assert (note["precision"], note["batch_size"]) == ("float32", note_batch)
-        assert (ours["precision"], ours["batch_size"]) == (like["precision"], like["batch_size"]) == (chosen, 128)
+        batch = auto_batch(2700)[0]  # quick mode: 3,000 training images, 10 % held out for validation
+        assert (ours["precision"], ours["batch_size"]) == (like["precision"], like["batch_size"]) == (chosen, batch)
         assert note["command"].startswith(f"python -m imgtrain.notes {job} --epochs 1")
         assert ours["command"].startswith("imgtrain train --epochs 1 --dataset") and model in ours["command"]
         assert like["command"] == note["command"] + " --like-imgtrain"
@@ -312,7 +313,7 @@ def _check_process(p: dict, table: str) -> None:
         assert _num(row[2]) == pytest.approx(ours["speedup"], abs=0.005)
         assert [float(v) for v in row[4].split("/")] == pytest.approx(
             [note["median_test_accuracy"], ours["median_test_accuracy"], like["median_test_accuracy"]], abs=5e-5)
-        assert row[5] == f"{chosen}, batch 128"
+        assert row[5] == f"{chosen}, batch {batch}"
 
 
 def _check_transfer(t: dict, table: str) -> None:

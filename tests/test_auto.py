@@ -1,4 +1,4 @@
-"""`precision: auto`: the choice per machine and model, recorded in the run and applied to the model it saves."""
+"""The `auto` settings: precision per machine and model, batch size per training set; recorded and applied."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from imgtrain.config import make_config
-from imgtrain.precision import choose, cpu_info, resolve
+from imgtrain.auto import auto_batch, choose, cpu_info, resolve, resolve_batch
 
 XEON_FLAGS = {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}
 OLD_CPU_FLAGS = {"avx2", "avx512f"}  # AVX-512 without bfloat16 dot products
@@ -32,6 +32,18 @@ def test_auto_chooses_per_hardware_and_model_and_says_why(model, flags, gpu, exp
     assert why and (gpu is None or gpu[0] in why)
 
 
+@pytest.mark.parametrize("images, batch", [(54000, 128), (3200, 128), (3199, 64), (900, 32), (400, 16), (30, 16)])
+def test_auto_batch_gives_an_epoch_25_steps_from_128_down_to_16(images, batch):
+    assert auto_batch(images)[0] == batch
+
+
+def test_a_set_batch_size_is_kept_and_auto_resumes_with_what_the_run_chose(tmp_path):
+    assert resolve_batch(make_config(dataset="mnist", batch_size=100), 54000)[0].batch_size == 100
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"dataset": "mnist", "batch_size": 64}))
+    cfg, record = resolve_batch(make_config(dataset="mnist", out=str(tmp_path)), 54000)
+    assert cfg.batch_size == 64 and record["why"] == "the batch size this unfinished run started with"
+
+
 def test_an_explicit_precision_is_kept():
     cfg, record = resolve(make_config(dataset="mnist", precision="float32"))
     assert cfg.precision == "float32" and record == {"asked": "float32", "chosen": "float32",
@@ -54,7 +66,9 @@ def test_a_default_run_records_and_applies_this_machines_choice(mnist_run):
     expect, why = choose("cnn_small", cpu_info()[1], None)
     info = json.loads((out / "run.json").read_text())
     assert info["precision"] == {"asked": "auto", "chosen": expect, "why": why}
-    assert yaml.safe_load((out / "config.yaml").read_text())["precision"] == expect
+    assert info["batch_size"] == {"asked": "auto", "chosen": 128, "why": "54000 training images: 422 steps an epoch"}
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert (saved["precision"], saved["batch_size"]) == (expect, 128)
     model = keras.models.load_model(out / "best.keras")
     conv = next(layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D))
     assert conv.dtype_policy.name == expect
