@@ -86,7 +86,8 @@ MIN_STEPS = 25
 
 def auto_batch(train_images: int) -> tuple[int, str]:
     """(batch size, why) for a training set of `train_images`."""
-    batch = next((b for b in AUTO_BATCHES if train_images / b >= MIN_STEPS), AUTO_BATCHES[-1])
+    batch = min(next((b for b in AUTO_BATCHES if train_images / b >= MIN_STEPS), AUTO_BATCHES[-1]),
+                max(train_images, 1))  # a set smaller than the smallest batch: one step of all of it
     why = f"{train_images} training images: {math.ceil(train_images / batch)} steps an epoch"
     if batch < AUTO_BATCHES[0]:
         why += f" (batch {AUTO_BATCHES[0]} would give only {math.ceil(train_images / AUTO_BATCHES[0])})"

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 
@@ -72,7 +72,7 @@ class TrainConfig(BaseModel):
 
     # optimisation
     epochs: int = Field(15, gt=0, description="passes over the training set")
-    batch_size: Union[Literal["auto"], Annotated[int, Field(gt=0)]] = Field(
+    batch_size: Union[Literal["auto"], int] = Field(
         "auto", description="images per gradient step; auto: 128, halved (to 16 at least) until an epoch has 25 steps "
                             "(a folder of 900 photos gets 32); run.json records the choice")
     optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
@@ -135,6 +135,19 @@ class TrainConfig(BaseModel):
     coordinator: Optional[str] = Field(
         None, description="HOST:PORT where process 0 listens; None: $KERAS_DISTRIBUTION_JOB_ADDRESSES, "
                           "else $JAX_COORDINATOR_ADDRESS")
+
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _batch(cls, value: Any) -> Any:
+        if value == "auto":
+            return value
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            number = None
+        if number is None or number != value and str(number) != str(value).strip() or number <= 0:
+            raise ValueError(f"config batch_size: 'auto' or a whole number above 0 (got {value!r})")
+        return number
 
     @model_validator(mode="before")
     @classmethod
@@ -240,7 +253,8 @@ def describe() -> str:
     """Markdown table of every config key with its type, default and meaning (`imgtrain config`, docs/config.md)."""
     lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
     for name, field in TrainConfig.model_fields.items():
-        kind = str(field.annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
+        kind = str(field.annotation)
+        kind = kind.replace("typing.", "").replace("<class '", "").replace("'>", "")
         default = field.default_factory() if field.default_factory else field.default
         lines.append(f"| `{name}` | `{kind}` | `{default!r}` | {field.description or ''} |")
     return "\n".join(lines)

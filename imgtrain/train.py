@@ -205,7 +205,7 @@ def _train(cluster, t_start: float, extra: list, record: dict) -> RunResult:
     run_dir, resume_from = choose_run_dir(cfg)
     keras.utils.set_random_seed(cfg.seed)
     ds = run_dataset(cfg)
-    if cfg.batch_size == "auto":  # by the size of the training set, recorded in config.yaml
+    if "batch_size" not in record:  # auto: by the size of the training set, recorded in config.yaml
         cfg, record["batch_size"] = resolve_batch(cfg, len(ds.train))
         cluster = dataclasses.replace(cluster, config=cfg)
     if cfg.batch_size > len(ds.train):

@@ -32,8 +32,8 @@ def test_auto_chooses_per_hardware_and_model_and_says_why(model, flags, gpu, exp
     assert why and (gpu is None or gpu[0] in why)
 
 
-@pytest.mark.parametrize("images, batch", [(54000, 128), (3200, 128), (3199, 64), (900, 32), (400, 16), (30, 16)])
-def test_auto_batch_gives_an_epoch_25_steps_from_128_down_to_16(images, batch):
+@pytest.mark.parametrize("images, batch", [(54000, 128), (3200, 128), (3199, 64), (900, 32), (400, 16), (30, 16), (10, 10)])
+def test_auto_batch_gives_an_epoch_25_steps_from_128_down_to_16_or_the_whole_set(images, batch):
     assert auto_batch(images)[0] == batch
 
 

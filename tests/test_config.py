@@ -27,6 +27,9 @@ def test_unknown_key_names_the_valid_keys():
     ("schedule", "linear", "'constant', 'step', 'cosine' or 'onecycle'"),
     ("val_split", 1.5, "config val_split"),
     ("channels", 2, "config channels"),
+    ("batch_size", 0, "config batch_size: 'auto' or a whole number above 0 (got 0)"),
+    ("batch_size", "big", "config batch_size: 'auto' or a whole number above 0 (got 'big')"),
+    ("precision", "fp8", "'auto', 'float32', 'mixed_bfloat16' or 'mixed_float16' (got 'fp8')"),
 ])
 def test_bad_values_are_one_line_errors(key, value, expect):
     with pytest.raises(ConfigError) as err:

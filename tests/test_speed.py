@@ -42,7 +42,7 @@ def test_every_preset_is_documented_with_the_recipe_and_target_it_holds(name):
     assert stated == f"{target['accuracy'] * 100:.1f} % in {target['seconds']} s"
     assert float(acc) >= target["accuracy"] and float(wall) <= target["seconds"], (acc, wall, target)
     assert recipe.startswith(cfg.model) and f"{cfg.epochs} epoch" in recipe
-    assert f"{cfg.learning_rate:.0e}".replace("e-0", "e-") in recipe  # 0.008 -> 8e-3
+    assert np.format_float_scientific(cfg.learning_rate, trim="-", exp_digits=1) in recipe  # 0.032 -> 3.2e-2
     assert f"label smoothing {cfg.label_smoothing:g}" in recipe
     assert ("one-cycle" in recipe) == (cfg.schedule == "onecycle") and ("AdamW" in recipe) == (cfg.optimizer == "adamw")
     assert "batch" not in recipe or f"batch {cfg.batch_size}" in recipe
