@@ -143,7 +143,7 @@ class TrainConfig(BaseModel):
             return value
         try:
             number = int(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: inf
             number = None
         if number is None or number != value and str(number) != str(value).strip() or number <= 0:
             raise ValueError(f"config batch_size: 'auto' or a whole number above 0 (got {value!r})")

@@ -100,7 +100,8 @@ def test_bad_input_is_one_line_and_exits_nonzero(args, expect, tmp_path):
 def test_bad_config_file_value(tmp_path):
     (tmp_path / "c.yaml").write_text("dataset: mnist\nbatch_size: lots\n")
     proc = run_cli("train", "--config", tmp_path / "c.yaml", check=False)
-    assert proc.returncode == 2 and proc.stderr.startswith("error: config batch_size: Input should be a valid integer")
+    assert proc.returncode == 2 and proc.stderr.strip() == ("error: config batch_size: 'auto' or a whole number above 0 "
+                                                           "(got 'lots')")
 
 
 def test_listings():

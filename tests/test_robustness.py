@@ -341,7 +341,7 @@ def test_config_parser_accepts_or_says_why_in_one_line(values):
     except ConfigError as err:
         assert str(err) and "\n" not in str(err)
         return
-    assert cfg.epochs > 0 and cfg.batch_size > 0 and 0 <= cfg.val_split < 1
+    assert cfg.epochs > 0 and (cfg.batch_size == "auto" or cfg.batch_size > 0) and 0 <= cfg.val_split < 1
 
 
 # (text after '=', the value --set must give): YAML's reading, and the text itself where it is not valid YAML
