@@ -106,7 +106,7 @@ def test_streamed_folder_trains_and_scores_with_flip_tta(fashion_files, tmp_path
 def test_history_logs_the_rate_each_epoch_trained_with(tmp_path):
     """learning_rate is the rate of the epoch's first step, learning_rate_end that of its last: a step decay shows
     each epoch's own rate (not the next epoch's), a one-cycle run its warm-up start and its annealed end."""
-    kw = dict(dataset="mnist", model="mlp", train_limit=2000, tensorboard=False, report=False, verbose="quiet")
+    kw = dict(dataset="mnist", model="mlp", train_limit=2000, batch_size=128, tensorboard=False, report=False, verbose="quiet")
     step = train(epochs=3, schedule="step", step_epochs=1, step_gamma=0.1, learning_rate=0.01,
                  out=str(tmp_path / "step"), **kw).history
     assert step["learning_rate"] == pytest.approx([0.01, 0.001, 0.0001], rel=1e-5)
