@@ -178,16 +178,21 @@ def train(config: TrainConfig | dict | str | Path | None = None, *, callbacks: l
     cfg = resolve(cfg)  # a pretrained start's defaults, recorded in config.yaml
     from .auto import resolve as resolve_precision, resolve_batch
 
-    cfg, chosen = resolve_precision(cfg)  # precision auto: this machine's choice, recorded in config.yaml
-    record = {"precision": chosen}
+    record = {}
     if cfg.distribute != "none":  # the global batch is fixed before the data are read
         cfg, record["batch_size"] = resolve_batch(cfg, None)
+    import dataclasses
+
     from .batchnorm import fused_batchnorm
     from .distributed import join
 
     t_start = time.perf_counter()
-    with precision(cfg.precision), fused_batchnorm(cfg.backend), join(cfg) as cluster:  # one process unless distribute
-        return _train(cluster, t_start, list(callbacks), record)
+    with fused_batchnorm(cfg.backend), join(cfg) as cluster:  # one process unless distribute
+        # precision auto: this machine's choice, recorded in config.yaml; after joining, because asking JAX for
+        # its devices before jax.distributed.initialize makes the join fail
+        cfg, record["precision"] = resolve_precision(cluster.config)
+        with precision(cfg.precision):
+            return _train(dataclasses.replace(cluster, config=cfg), t_start, list(callbacks), record)
 
 
 def _train(cluster, t_start: float, extra: list, record: dict) -> RunResult:

@@ -146,7 +146,7 @@ def weighted_runs(tmp_path_factory):
     """mlp, one epoch on 2,000 MNIST images: without class weights, and with weight 30 on class 3, once with integer
     labels and once with one-hot labels and label smoothing 0.1 (the other loss path)."""
     base = tmp_path_factory.mktemp("weighted")
-    kw = dict(dataset="mnist", model="mlp", epochs=1, train_limit=2000, tensorboard=False, report=False,
+    kw = dict(dataset="mnist", model="mlp", epochs=1, train_limit=2000, batch_size=128, tensorboard=False, report=False,
               verbose="quiet")
     return {(smoothing, weighted): train(label_smoothing=smoothing, class_weight={"3": 30.0} if weighted else "none",
                                          out=str(base / f"{smoothing}-{weighted}"), **kw)
