@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from .auto import cpu_info
+from .notes import seed000_model, seed004_model
 
 
 # imgtrain's settings for the seed models (side B); the learning rate is scaled with the batch
@@ -56,36 +57,6 @@ def forward_flops(model) -> float:
 
 
 # ----- the seed notes' code (side A) -----
-
-def seed000_model():
-    """Seed 000's MNIST CNN, as written in the note: constant Adam 1e-3, sparse labels."""
-    import keras
-    from keras import layers
-
-    model = keras.Sequential([
-        layers.Input((28, 28, 1)),
-        layers.Conv2D(32, 3, padding="same", activation="relu"), layers.MaxPool2D(2, 2, padding="same"),
-        layers.Conv2D(64, 3, padding="same", activation="relu"), layers.MaxPool2D(padding="same"),
-        layers.Flatten(), layers.Dense(256, activation="relu"), layers.Dense(10, activation="softmax", dtype="float32")])
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    return model
-
-
-def seed004_model(input_shape=(28, 28, 1), classes: int = 10, dense: int = 64, drop=(0.2, 0.5)):
-    """Seed 004's CNN+BatchNorm (Fashion-MNIST: dense 64, dropouts 0.2/0.5; Dogs-vs-Cats: 512, 0.25/0.5)."""
-    import keras
-    from keras.layers import BatchNormalization, Conv2D, Dense, Dropout, Flatten, Input, MaxPooling2D
-
-    stack = [Input(input_shape)]
-    for width in (32, 64, 128):
-        stack += [Conv2D(width, (3, 3), activation="relu"), BatchNormalization(), MaxPooling2D((2, 2)),
-                  Dropout(drop[0])]
-    stack += [Flatten(), Dense(dense, activation="relu"), BatchNormalization(), Dropout(drop[1]),
-              Dense(classes, activation="softmax", dtype="float32")]  # float32 softmax: the mixed-precision guide's
-    model = keras.Sequential(stack)
-    model.compile(loss="categorical_crossentropy", optimizer="adam", metrics=["accuracy"])
-    return model
-
 
 # ----- the pieces that time things -----
 

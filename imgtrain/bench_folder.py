@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .bench import _timed, forward_flops, seed004_model
+from .bench import _timed, forward_flops
+from .notes import seed004_model
 
 
 def make_jpeg_folder(root: Path, n: int, size=(320, 240), seed: int = 0, signal: bool = False) -> Path:

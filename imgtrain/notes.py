@@ -30,11 +30,43 @@ def _settings(args, model: str, batch: int, train_images: int) -> tuple[int, str
     return auto_batch(round(train_images * (1 - held_out)))[0], choose(model, cpu_info()[1], None)[0]
 
 
+def seed000_model():
+    """Seed 000's MNIST CNN, as written in the note: constant Adam 1e-3, sparse labels."""
+    import keras
+    from keras import layers
+
+    model = keras.Sequential([
+        layers.Input((28, 28, 1)),
+        layers.Conv2D(32, 3, padding="same", activation="relu"), layers.MaxPool2D(2, 2, padding="same"),
+        layers.Conv2D(64, 3, padding="same", activation="relu"), layers.MaxPool2D(padding="same"),
+        layers.Flatten(), layers.Dense(256, activation="relu"), layers.Dense(10, activation="softmax", dtype="float32")])
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=0.001), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    return model
+
+
+def seed004_model(input_shape=(28, 28, 1), classes: int = 10, dense: int = 64, drop=(0.2, 0.5),
+                  optimizer: str = "adam"):
+    """Seed 004's conv-BN-pool-dropout x3, dense-BN-dropout CNN (Fashion-MNIST: dense 64, dropouts 0.2/0.5, Adam;
+    Dogs-vs-Cats: 512, 0.25/0.5, RMSprop). The softmax stays float32, as Keras' mixed-precision guide says."""
+    import keras
+    from keras.layers import BatchNormalization, Conv2D, Dense, Dropout, Flatten, Input, MaxPooling2D
+
+    stack = [Input(input_shape)]
+    for width in (32, 64, 128):
+        stack += [Conv2D(width, (3, 3), activation="relu"), BatchNormalization(), MaxPooling2D((2, 2)),
+                  Dropout(drop[0])]
+    stack += [Flatten(), Dense(dense, activation="relu"), BatchNormalization(), Dropout(drop[1]),
+              Dense(classes, activation="softmax", dtype="float32")]
+    model = keras.Sequential(stack)
+    model.compile(loss="categorical_crossentropy", optimizer=optimizer, metrics=["accuracy"])
+    return model
+
+
 def seed000(args) -> dict:
     import keras
     import numpy as np
     import tensorflow as tf
-    from keras import layers
 
     from .data.builtin import load_mnist
 
@@ -48,31 +80,11 @@ def seed000(args) -> dict:
     train_dataset = tf.data.Dataset.from_tensor_slices((X_train, train_label)).shuffle(len(X_train)) \
         .batch(batch, drop_remainder=True).repeat()
     test_dataset = tf.data.Dataset.from_tensor_slices((X_test, test_label)).batch(batch)
-    model = keras.Sequential([
-        layers.Input((28, 28, 1)),
-        layers.Conv2D(32, 3, padding="same", activation="relu"), layers.MaxPool2D(2, 2, padding="same"),
-        layers.Conv2D(64, 3, padding="same", activation="relu"), layers.MaxPool2D(padding="same"),
-        layers.Flatten(), layers.Dense(256, activation="relu"), layers.Dense(10, activation="softmax", dtype="float32")])
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=0.001), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
+    model = seed000_model()
     model.fit(train_dataset, epochs=args.epochs, steps_per_epoch=len(X_train) // batch, validation_data=test_dataset,
               verbose=2)
     return {"test_accuracy": float(model.evaluate(test_dataset, verbose=0)[1]), "batch_size": batch,
             "precision": policy}
-
-
-def _seed004_cnn(input_shape, classes: int, dense: int, drop: tuple[float, float]):
-    """Seed 004's conv-BN-pool-dropout x3, dense-BN-dropout CNN (Fashion-MNIST: dense 64; Dogs-vs-Cats: 512)."""
-    import keras
-    from keras.layers import BatchNormalization, Conv2D, Dense, Dropout, Flatten, Input, MaxPooling2D
-
-    stack = [Input(input_shape)]
-    for width in (32, 64, 128):
-        stack += [Conv2D(width, (3, 3), activation="relu"), BatchNormalization(), MaxPooling2D((2, 2)),
-                  Dropout(drop[0])]
-    stack += [Flatten(), Dense(dense, activation="relu"), BatchNormalization(), Dropout(drop[1]),
-              Dense(classes, activation="softmax", dtype="float32")]
-    return keras.Sequential(stack)
 
 
 def seed004(args) -> dict:
@@ -88,8 +100,7 @@ def seed004(args) -> dict:
         trainImage, trainLabel = trainImage[:args.limit], trainLabel[:args.limit]
     batch, policy = _settings(args, "cnn_bn", 200, len(trainImage))
     keras.mixed_precision.set_global_policy(policy)
-    model = _seed004_cnn((28, 28, 1), 10, 64, (0.2, 0.5))
-    model.compile(loss="categorical_crossentropy", optimizer="adam", metrics=["accuracy"])
+    model = seed004_model((28, 28, 1), 10, 64, (0.2, 0.5))
     model.fit(trainImage, trainLabel, validation_data=(testImage, testLabel), epochs=args.epochs, batch_size=batch,
               verbose=2)
     return {"test_accuracy": float(model.evaluate(testImage, testLabel, verbose=0)[1]), "batch_size": batch,
@@ -112,8 +123,7 @@ def dogs_vs_cats(args) -> dict:
                                                         class_mode="categorical", batch_size=batch)
     test_generator = ImageDataGenerator(rescale=1. / 255).flow_from_directory(
         f"{args.folder}/test", target_size=(128, 128), class_mode="categorical", batch_size=batch, shuffle=False)
-    model = _seed004_cnn((128, 128, 3), 2, 512, (0.25, 0.5))
-    model.compile(loss="categorical_crossentropy", optimizer="rmsprop", metrics=["accuracy"])
+    model = seed004_model((128, 128, 3), 2, 512, (0.25, 0.5), optimizer="rmsprop")
     model.fit(train_generator, epochs=args.epochs, validation_data=test_generator, verbose=2)
     return {"test_accuracy": float(model.evaluate(test_generator, verbose=0)[1]), "batch_size": batch,
             "precision": policy}
