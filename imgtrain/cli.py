@@ -400,8 +400,11 @@ def serve(
     max_files: int = typer.Option(16, "--max-files", help="most images in one request"),
     max_pixels: int = typer.Option(40_000_000, "--max-pixels", help="largest accepted width x height"),
     max_batch: int = typer.Option(64, "--max-batch", help="most images per model call when requests are batched"),
+    model_name: str = typer.Option(None, "--model-name",
+                                   help="the model's name under /v2/models/ (default: the run directory's name)"),
 ):
-    """Serve predictions over HTTP: POST /predict, GET /health, GET /model, an upload page at /, docs at /docs."""
+    """Serve predictions over HTTP: POST /predict, GET /health, GET /model, an upload page at /, docs at /docs, and
+    the Open Inference Protocol (KServe v2) under /v2 for standard clients such as tritonclient."""
     from .saving import resolve_model_path
 
     model_path = resolve_model_path(target)
@@ -411,7 +414,7 @@ def serve(
     from .serve import create_app
 
     application = create_app(target, top_k=top_k, max_upload_mb=max_upload_mb, max_files=max_files,
-                             max_pixels=max_pixels, max_batch=max_batch)
+                             max_pixels=max_pixels, max_batch=max_batch, model_name=model_name)
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
     # uvicorn logs only warnings, so this line is all a user sees; typer.echo flushes it before uvicorn starts
     typer.echo(f"serving {model_path} at {url} (upload page; API docs at {url}docs); Ctrl+C stops")

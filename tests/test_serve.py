@@ -311,3 +311,119 @@ def test_upload_page_shows_the_heatmap_when_asked(server, digits, tmp_path):
         assert driver.execute_script(shown)[:2] == ["block", "none"]
     finally:
         driver.quit()
+
+
+# ----- the Open Inference Protocol (KServe v2) through the standard client -----
+
+@pytest.fixture(scope="module")
+def v2(served, mnist_run):
+    """tritonclient's HTTP client on the server, the model's /v2 name, and four real MNIST test images (uint8)."""
+    import tritonclient.http as triton
+
+    from imgtrain import load_dataset
+
+    x = load_dataset("mnist", val_split=0).test.x[:4]
+    client = triton.InferenceServerClient(f"127.0.0.1:{served.port}")
+    yield SimpleNamespace(client=client, triton=triton, name=mnist_run[0].name, x=x)
+    client.close()
+
+
+def _predict_probs(server, x) -> np.ndarray:
+    """/predict's probabilities (all ten classes) for `x` uploaded as PNG files."""
+    files = []
+    for i, image in enumerate(x):
+        buf = io.BytesIO()
+        Image.fromarray(image[..., 0]).save(buf, format="PNG")
+        files.append(("files", (f"{i}.png", buf.getvalue(), "image/png")))
+    probs = np.zeros((len(x), 10), np.float32)
+    for i, p in enumerate(httpx.post(f"{server}/predict?k=10", files=files).json()["predictions"]):
+        for t in p["top"]:
+            probs[i, t["index"]] = t["probability"]
+    return probs
+
+
+def test_tritonclient_sees_a_live_ready_model_and_its_metadata(v2):
+    c = v2.client
+    assert c.is_server_live() and c.is_server_ready() and c.is_model_ready(v2.name)
+    assert not c.is_model_ready("resnet50") and not c.is_model_ready(v2.name, model_version="2")
+    assert v2.name == "mnist-1"  # a run directory's name
+    meta = c.get_model_metadata(v2.name)
+    assert meta["inputs"] == [{"name": "image", "datatype": "FP32", "shape": [-1, 28, 28, 1]}]
+    assert meta["outputs"] == [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}]
+    assert meta["versions"] == ["1"] and meta["parameters"]["class_names"] == [str(i) for i in range(10)]
+    assert set(c.get_server_metadata()["extensions"]) == {"binary_tensor_data", "classification"}
+
+
+def test_tritonclient_gets_the_probabilities_of_predict(v2, server):
+    """The client's default (binary tensors both ways, uint8 pixels) and plain JSON (float32 pixels) give what
+    /predict gives for the same images as PNG files; the classification extension gives its top 3."""
+    t, want = v2.triton, _predict_probs(server, v2.x)
+    binary = t.InferInput("image", list(v2.x.shape), "UINT8")
+    binary.set_data_from_numpy(v2.x)
+    got = v2.client.infer(v2.name, [binary], request_id="r1")
+    assert got.get_response()["id"] == "r1" and got.get_response()["outputs"][0]["parameters"]["binary_data_size"] == 160
+    np.testing.assert_allclose(got.as_numpy("probabilities"), want, atol=1e-6)
+    assert (want.argmax(1) == load_labels(4)).all()
+    as_json = t.InferInput("image", list(v2.x.shape), "FP32")
+    as_json.set_data_from_numpy(v2.x.astype(np.float32), binary_data=False)
+    got = v2.client.infer(v2.name, [as_json], outputs=[t.InferRequestedOutput("probabilities", binary_data=False)])
+    assert "data" in got.get_response()["outputs"][0]
+    np.testing.assert_allclose(got.as_numpy("probabilities"), want, atol=1e-6)
+    top = v2.client.infer(v2.name, [binary], outputs=[t.InferRequestedOutput("probabilities", class_count=3)])
+    labels = top.as_numpy("probabilities")
+    assert labels.shape == (4, 3)
+    for row, p in zip(labels, want):
+        best = np.argsort(-p)[:3]
+        assert [s.decode() for s in row] == [f"{p[i]:.6f}:{i}:{i}" for i in best]
+
+
+def load_labels(n: int) -> np.ndarray:
+    from imgtrain import load_dataset
+
+    return load_dataset("mnist", val_split=0).test.y[:n]
+
+
+@pytest.mark.parametrize("case, status, message", [
+    ("shape", 400, "input 'image' has shape [4, 28, 28]; this model takes [N, 28, 28, 1] (raw pixels, NHWC)"),
+    ("name", 400, "unknown input 'pixels'; this model's input is 'image'"),
+    ("datatype", 400, "input 'image' has datatype 'INT64'; valid: UINT8, FP32"),
+    ("too many", 400, "5 images in one request; at most 4"),
+    ("model", 404, "unknown model 'resnet50'; this server serves 'mnist-1'"),
+    ("output", 400, "unknown output 'logits'; this model's output is 'probabilities'"),
+])
+def test_tritonclient_gets_a_clear_400_for_a_malformed_tensor(v2, case, status, message):
+    t, x = v2.triton, v2.x
+    data = {"shape": x[..., 0], "datatype": x.astype(np.int64), "too many": np.concatenate([x, x[:1]])}.get(case, x)
+    tensor = t.InferInput("pixels" if case == "name" else "image", list(data.shape),
+                          "INT64" if case == "datatype" else "UINT8")
+    tensor.set_data_from_numpy(data)
+    outputs = [t.InferRequestedOutput("logits")] if case == "output" else None
+    with pytest.raises(t.InferenceServerException) as err:
+        v2.client.infer("resnet50" if case == "model" else v2.name, [tensor], outputs=outputs)
+    assert (err.value.status(), err.value.message()) == (str(status), message)
+
+
+@pytest.mark.parametrize("body, header, message", [
+    (b"{not json", None, "the request is not valid JSON: Expecting property name enclosed in double quotes: line 1 "
+                         "column 2 (char 1)"),
+    (b'{"inputs": []}', None, "'inputs' must hold exactly one tensor, 'image'"),
+    (json.dumps({"inputs": [{"name": "image", "shape": [1, 28, 28, 1], "datatype": "UINT8",
+                             "data": [0] * 783}]}).encode(), None,
+     "input 'image': shape [1, 28, 28, 1] needs 784 values; 'data' has 783"),
+    (json.dumps({"inputs": [{"name": "image", "shape": [1, 28, 28, 1], "datatype": "UINT8",
+                             "data": [300] * 784}]}).encode(), None,
+     "input 'image': UINT8 values must be whole numbers 0-255"),
+    (json.dumps({"inputs": [{"name": "image", "shape": [1, 28, 28, 1], "datatype": "FP32",
+                             "data": [float("nan")] * 784}]}).encode(), None,
+     "input 'image' holds NaN or infinite values; pixels are 0-255"),
+    (b'{"inputs": [{"name": "image", "shape": [1, 28, 28, 1], "datatype": "UINT8", '
+     b'"parameters": {"binary_data_size": 784}}]}' + bytes(700), "118",
+     "input 'image': shape [1, 28, 28, 1] of UINT8 is 784 bytes; binary_data_size says 784 and 700 bytes follow the "
+     "JSON"),
+    (b"{}", "99", "Inference-Header-Content-Length '99' is not a byte count within the body's 2 bytes"),
+])
+def test_malformed_requests_get_a_json_error_and_the_server_goes_on(v2, server, body, header, message):
+    headers = {"Inference-Header-Content-Length": header} if header else {}
+    r = httpx.post(f"{server}/v2/models/{v2.name}/infer", content=body, headers=headers)
+    assert (r.status_code, r.json()) == (400, {"error": message})
+    assert v2.client.is_server_ready()

@@ -2,7 +2,7 @@
 
 POST /predict (multipart, field `files`, one or more images) -> top-k classes per image; POST /explain (the same
 upload, the same limits) -> top-k and a heatmap per image; GET /health; GET /model; GET / (the upload page);
-OpenAPI docs at /docs. Bad uploads get a JSON error with a 4xx status, never a 500.
+the Open Inference Protocol (KServe v2) under /v2 for standard clients (v2.py); OpenAPI docs at /docs. Bad uploads get a JSON error with a 4xx status, never a 500.
 Upload limits hold while the body streams in (limits.py for the whole body, upload.py for each file).
 """
 from __future__ import annotations
@@ -25,6 +25,7 @@ from .batcher import Batcher
 from .limits import BodyLimit
 from .page import PAGE
 from .upload import read_files
+from .v2 import add_v2
 
 
 def _image(data: bytes, name: str, shape, max_pixels: int) -> np.ndarray:
@@ -41,7 +42,9 @@ def _image(data: bytes, name: str, shape, max_pixels: int) -> np.ndarray:
 
 
 def create_app(target: str | Path, *, top_k: int = 3, max_upload_mb: float = 10.0, max_files: int = 16,
-               max_pixels: int = 40_000_000, max_batch: int = 64) -> FastAPI:
+               max_pixels: int = 40_000_000, max_batch: int = 64, model_name: str | None = None) -> FastAPI:
+    """The server for one model. `model_name`: its name under /v2/models/ (default: the run directory's name, or
+    the model file's stem)."""
     from ..export import preprocessing
     from ..saving import load_model, resolve_model_path
 
@@ -56,6 +59,7 @@ def create_app(target: str | Path, *, top_k: int = 3, max_upload_mb: float = 10.
     model.predict_on_batch(np.zeros((1, *shape), np.float32))  # build the predict function before serving
     batcher = Batcher(lambda x: np.asarray(model.predict_on_batch(x.astype(np.float32))), max_batch=max_batch)
     title = f"{meta.get('model', 'model')} · {meta.get('dataset', path.name)}"
+    v2_name = model_name or default_name(path)
 
     app = FastAPI(title="imgtrain", description=f"Image classifier {title}: {len(names)} classes.")
     # Room for the multipart framing around max_files files: about 200 bytes of headers a part.
@@ -88,7 +92,8 @@ def create_app(target: str | Path, *, top_k: int = 3, max_upload_mb: float = 10.
 
     @app.get("/model")
     def model_info() -> dict:  # the file's name only: where the server keeps its runs is no client's business
-        return {"model": path.name, "class_names": names, "input_shape": list(shape), "metrics": metrics,
+        return {"model": path.name, "v2_name": v2_name, "class_names": names, "input_shape": list(shape),
+                "metrics": metrics,
                 "preprocessing": preprocessing(model, meta), "limits": {
                     "max_upload_mb": max_upload_mb, "max_files": max_files, "max_pixels": max_pixels}}
 
@@ -100,7 +105,16 @@ def create_app(target: str | Path, *, top_k: int = 3, max_upload_mb: float = 10.
         return {"predictions": [{"file": name, "top": top(p, k)} for (name, _), p in zip(files, probs)]}
 
     add_explain(app, model, names, uploads, top, top_k)
+    add_v2(app, name=v2_name, input_name=model.inputs[0].name, shape=shape, names=names,
+           batcher=batcher, max_images=max_files)
     return app
+
+
+def default_name(model_path: Path) -> str:
+    """A run's model is known by its run directory's name (runs/mnist-1/best.keras: mnist-1), a lone file by its
+    stem."""
+    run = model_path.parent
+    return run.name if (run / "run.json").is_file() else model_path.stem
 
 
 def add_explain(app: FastAPI, model, names: list[str], uploads, top, top_k: int) -> None:
