@@ -38,13 +38,15 @@ def train(
     num_processes: Optional[int] = typer.Option(None, "--num-processes", help="processes in the job (data-parallel)"),
     process_id: Optional[int] = typer.Option(None, "--process-id", help="this process: 0 to N-1; 0 writes the run"),
     coordinator: Optional[str] = typer.Option(None, "--coordinator", help="HOST:PORT where process 0 listens"),
+    track: Optional[str] = typer.Option(None, "--track", help="none or mlflow: log the run to MLflow "
+                                                              "(--set tracking_uri=...; docs/tracking.md)"),
 ):
     """Train a model; writes a run directory with config, history, checkpoints and test metrics. The common options
     are flags; every config key (`imgtrain config`) is `--set KEY=VALUE` or a key of the --config file."""
     flags = dict(dataset=dataset, model=model, epochs=epochs, batch_size=batch_size, learning_rate=lr,
                  optimizer=optimizer, schedule=schedule, augment=augment, seed=seed, backend=backend, out=out,
                  train_limit=train_limit, report=False if no_report else None, distribute=distribute,
-                 num_processes=num_processes, process_id=process_id, coordinator=coordinator)
+                 num_processes=num_processes, process_id=process_id, coordinator=coordinator, track=track)
     cfg = _config(config, flags, set_, preset)
     from .data import parse_name
     from .models import MODELS
@@ -65,6 +67,10 @@ def train(
                    f"({m['test_images']} test images, best epoch {m.get('best_epoch', '-')}/{m['epochs_run']})")
     if (result.run_dir / "report.html").is_file():
         typer.echo(f"report: {result.run_dir / 'report.html'}")
+    tracked = json.loads((result.run_dir / "run.json").read_text()).get("mlflow", {})
+    if tracked.get("run_id"):
+        typer.echo(f"mlflow: run {tracked['run_id']} (experiment {tracked['experiment_id']}) at "
+                   f"{tracked['tracking_uri']}")
 
 
 def _config(config: Optional[Path], flags: dict | None, assignments: List[str], preset: Optional[str] = None):

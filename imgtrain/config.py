@@ -114,6 +114,13 @@ class TrainConfig(BaseModel):
     tta: Literal[TTA] = Field(
         "none", description="test-time augmentation when the run scores its test set: flip averages each image's "
                             "outputs with its mirror image's (for data trained with flips, not digits)")
+    track: Literal["none", "mlflow"] = Field(
+        "none", description="mlflow: log the config as params, each epoch's metrics, the test metrics, and the model "
+                            "and report as artifacts to an MLflow run (needs `pip install mlflow`; docs/tracking.md)")
+    tracking_uri: Optional[str] = Field(
+        None, description="where MLflow tracks: http://HOST:PORT for a server, or a local store; None: "
+                          "$MLFLOW_TRACKING_URI, else ./mlruns (no server needed)")
+    experiment: str = Field("imgtrain", min_length=1, description="the MLflow experiment the run goes in")
 
     # run
     seed: int = Field(0, ge=0, description="seeds Python, NumPy and the backend")

@@ -164,21 +164,25 @@ def progress_mode(cfg: TrainConfig) -> int:
 
 
 def train(config: TrainConfig | dict | str | Path | None = None, *, callbacks: list | tuple = (),
-          **overrides) -> RunResult:
+          tracking_parent: str | None = None, **overrides) -> RunResult:
     """Train per `config` (a TrainConfig, a dict, or a YAML/TOML path; keyword overrides win). `callbacks`: more
     Keras callbacks, run after imgtrain's own that steer training and before those that save (`imgtrain tune`'s
-    pruning stops a run there, and the checkpoint records it as ended).
+    pruning stops a run there, and the checkpoint records it as ended). `tracking_parent`: with `track: mlflow`,
+    the MLflow run this run is a child of (`imgtrain tune` makes one per search).
 
     With `distribute: data-parallel` every process of the job calls this with the same config; process 0 writes
     the run directory and returns the metrics, the others return their history and empty metrics."""
     cfg = as_config(config, overrides)
+    from .tracking import require
+
+    require(cfg)  # track: mlflow without MLflow installed is one line, before anything is written
     use_backend(cfg.backend)
     from .transfer import resolve
 
     cfg = resolve(cfg)  # a pretrained start's defaults, recorded in config.yaml
     from .auto import resolve as resolve_precision, resolve_batch
 
-    record = {}
+    record = {"mlflow": {"parent_run_id": tracking_parent}} if tracking_parent else {}
     if cfg.distribute != "none":  # the global batch is fixed before the data are read
         cfg, record["batch_size"] = resolve_batch(cfg, None)
     import dataclasses
@@ -285,6 +289,8 @@ def _start_record(cluster, ds, model, run_dir: Path, resume: dict | None, record
                 "versions": versions(), "data": ds.summary(), "params": int(model.count_params()),
                 "run_dir": str(run_dir), "resumed": previous.get("resumed", []) + ([resume["epoch"]] if resume else []),
                 **record}
+    if "mlflow" in previous:  # a resumed run goes on logging into the MLflow run it started
+        run_info["mlflow"] = {**previous["mlflow"], **record.get("mlflow", {})}
     if cluster.sharding:
         run_info["distribution"] = cluster.summary()
     if cluster.chief:
@@ -319,6 +325,7 @@ def _fit_and_score(cluster, ds, model, weights, run_dir: Path, log: logging.Logg
                    t_start: float, resume: dict | None, extra: list, record: dict) -> RunResult:
     from .callbacks import StartupClock, run_callbacks
     from .distributed import undistributed
+    from .tracking import epoch_callback
     from .stages import fit_stages
     from .schedules import peak_lr
 
@@ -340,20 +347,40 @@ def _fit_and_score(cluster, ds, model, weights, run_dir: Path, log: logging.Logg
     if "init_from" in record:  # the model this run started from, with its file's hash
         origin = record["init_from"]
         log.info("started from %s (sha256 %s), head %s", origin["path"], origin["sha256"], origin["head"])
-    callbacks, stop, rows = run_callbacks(cfg, model, run_dir, meta, resume, chief, extra)
+    tracker = _tracker(cfg, run_dir, run_info, chief, log)
+    tracked = [epoch_callback(tracker)] if tracker.active else []
+    callbacks, stop, rows = run_callbacks(cfg, model, run_dir, meta, resume, chief, [*extra, *tracked])
     # a run killed after early stopping ended it (while scoring, say) has nothing left to train
     last_epoch = first if (resume or {}).get("stopped") else cfg.epochs
-    fitted = fit_stages(cluster, ds, model, (train_data, val), callbacks, weights, first, last_epoch,
-                        model.optimizer if resume else None, log)
-    t_fit = time.perf_counter()
-    run_info["timings"] = next(c.timings for c in callbacks if isinstance(c, StartupClock))
-    losses = fitted.get("loss", [])
-    _refuse_unfinished(cluster, run_dir, run_info, stop.interrupted, rows, losses)
-    if not chief:
-        return RunResult(run_dir, model, fitted, {})
-    with undistributed():  # process 0 alone: the best model, the test set and the report on its own devices
-        return _score(cfg, ds, model, run_dir, log, meta, rows, run_info, ds.skipped, losses,
-                      (t_start, t_data, t_fit))
+    with tracker.ended_by_errors(lambda: stop.interrupted):
+        fitted = fit_stages(cluster, ds, model, (train_data, val), callbacks, weights, first, last_epoch,
+                            model.optimizer if resume else None, log)
+        t_fit = time.perf_counter()
+        run_info["timings"] = next(c.timings for c in callbacks if isinstance(c, StartupClock))
+        losses = fitted.get("loss", [])
+        _refuse_unfinished(cluster, run_dir, run_info, stop.interrupted, rows, losses)
+        if not chief:
+            return RunResult(run_dir, model, fitted, {})
+        with undistributed():  # process 0 alone: the best model, the test set and the report on its own devices
+            result = _score(cfg, ds, model, run_dir, log, meta, rows, run_info, ds.skipped, losses,
+                            (t_start, t_data, t_fit))
+    tracker.finish(run_dir, result.metrics)
+    return result
+
+
+def _tracker(cfg: TrainConfig, run_dir: Path, run_info: dict, chief: bool, log: logging.Logger):
+    """The run's MLflow tracker (one that does nothing unless `track: mlflow`, and on processes other than 0); what
+    run.json keeps of it is written at once, so that a kill -9 resumes into the same MLflow run."""
+    from .tracking import Tracker, start_run
+
+    if cfg.track != "mlflow" or not chief:
+        return Tracker()
+    tracker = start_run(cfg, run_dir, run_info.get("mlflow"), log)
+    run_info["mlflow"] = tracker.record
+    atomic_write_json(run_dir / "run.json", run_info)
+    if tracker.active:
+        log.info("mlflow: run %s in experiment %r at %s", tracker.run_id, cfg.experiment, tracker.uri)
+    return tracker
 
 
 def _score(cfg: TrainConfig, ds, model, run_dir: Path, log: logging.Logger, meta: dict, rows: list[dict],

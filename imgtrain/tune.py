@@ -28,6 +28,7 @@ from optuna.trial import TrialState
 from .config import TrainConfig, higher_is_better, make_config, save_config
 from .errors import ConfigError, ImgtrainError
 from .saving import atomic_write
+from .tracking import end_search, start_search
 
 # the search space: parameter -> ("log" | "uniform", (low, high)) or ("choice", values)
 SPACE = {
@@ -198,8 +199,10 @@ def _status(run_dir: Path) -> str | None:
     return read_run(run_dir).info.get("status") if (run_dir / "run.json").is_file() else None
 
 
-def _run_trial(trial: optuna.Trial, cfg: TrainConfig, prune: PruneTrial, study: optuna.Study) -> dict:
-    """The trial's run: trained (or resumed), or read back when it finished before a kill left its trial open."""
+def _run_trial(trial: optuna.Trial, cfg: TrainConfig, prune: PruneTrial, study: optuna.Study,
+               parent: str | None = None) -> dict:
+    """The trial's run: trained (or resumed), or read back when it finished before a kill left its trial open.
+    `parent`: the search's MLflow run, of which the trial's is a child (track: mlflow)."""
     from .report import read_run
     from .train import train
 
@@ -208,7 +211,7 @@ def _run_trial(trial: optuna.Trial, cfg: TrainConfig, prune: PruneTrial, study: 
         return read_run(run_dir).metrics
     keras.backend.clear_session()  # drop the earlier trials' models from Keras' global state
     try:
-        return train(cfg, callbacks=[prune]).metrics
+        return train(cfg, callbacks=[prune], tracking_parent=parent).metrics
     except ImgtrainError:
         status = _status(run_dir)
         if status == "diverged":  # too high a learning rate, say: a finished trial, not the end of the search
@@ -239,6 +242,7 @@ def tune(cfg: TrainConfig, trials: int, timeout: float | None = None, name: str 
     with _only_search(study_dir):
         study = open_study(cfg, names, study_dir)
         retry_killed(study)
+        tracker = start_search(cfg, study_dir)  # MLflow: the search's run, each trial a child run
 
         def objective(trial: optuna.Trial) -> float:
             values = {n: suggest(trial, n) for n in names}
@@ -247,7 +251,7 @@ def tune(cfg: TrainConfig, trials: int, timeout: float | None = None, name: str 
             for epoch, value in _earlier_epochs(run_dir, cfg.monitor):  # a retried trial's epochs before the kill
                 trial.report(value, epoch)
             prune = PruneTrial(trial, cfg.monitor)
-            metrics = _run_trial(trial, trial_config(cfg, values, run_dir), prune, study)
+            metrics = _run_trial(trial, trial_config(cfg, values, run_dir), prune, study, tracker.run_id)
             trial.set_user_attr("epochs_run", metrics.get("epochs_run"))
             if prune.pruned:
                 raise optuna.TrialPruned(f"{cfg.monitor} below the median of earlier trials")
@@ -260,9 +264,12 @@ def tune(cfg: TrainConfig, trials: int, timeout: float | None = None, name: str 
 
         done = len(study.get_trials(deepcopy=False, states=FINISHED))
         if done < trials:
-            study.optimize(objective, timeout=timeout, callbacks=[
-                optuna.study.MaxTrialsCallback(trials, states=FINISHED), after_trial])
-        return write_outputs(study, cfg, study_dir)
+            with tracker.ended_by_errors(lambda: True):  # a search stopped part-way resumes with the same command
+                study.optimize(objective, timeout=timeout, callbacks=[
+                    optuna.study.MaxTrialsCallback(trials, states=FINISHED), after_trial])
+        result = write_outputs(study, cfg, study_dir)
+        end_search(tracker, result)
+        return result
 
 
 def _importances(study: optuna.Study) -> tuple[dict[str, float], str]:
