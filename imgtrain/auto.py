@@ -94,9 +94,13 @@ def auto_batch(train_images: int) -> tuple[int, str]:
     return batch, why
 
 
-def resolve(cfg):
+def resolve(cfg, fixed: tuple[str, str] | None = None):
     """`cfg` with `precision: auto` replaced by this machine's choice (a copy), and the record for run.json:
-    {"asked", "chosen", "why"}. An unfinished run in cfg.out resumes in the precision it started with."""
+    {"asked", "chosen", "why"}. An unfinished run in cfg.out resumes in the precision it started with. `fixed`:
+    (policy, why) that the model imposes (one built in Python computes in the policy it was built with)."""
+    if fixed is not None:
+        return cfg.model_copy(update={"precision": fixed[0]}), {"asked": cfg.precision, "chosen": fixed[0],
+                                                                "why": fixed[1]}
     if cfg.precision != "auto":
         return cfg, {"asked": cfg.precision, "chosen": cfg.precision, "why": "set in the config"}
     started = _started_with(cfg.out, "precision")

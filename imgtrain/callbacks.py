@@ -13,6 +13,7 @@ from pathlib import Path
 import keras
 
 from .config import higher_is_better
+from .custom import portable
 from .resources import process_age_s
 from .saving import atomic_write, save_model
 from .schedules import current_lr
@@ -99,7 +100,9 @@ class BestCheckpoint(Pinned, TrackBest):
         if self.stop is not None and self.stop.interrupted:
             return  # an unfinished epoch is never "best"
         if self.improved(epoch, logs):
-            save_model(self.model, self.path, {**self.meta, "epoch": epoch + 1, self.monitor: logs[self.monitor]})
+            # a model from Python is saved as a plain Functional model: best.keras opens without the user's class
+            save_model(portable(self.model), self.path,
+                       {**self.meta, "epoch": epoch + 1, self.monitor: logs[self.monitor]})
 
 
 class LastCheckpoint(Pinned, keras.callbacks.Callback):

@@ -51,6 +51,9 @@ def train(
     from .data import parse_name
     from .models import MODELS
 
+    from .custom import refuse_rebuild
+
+    refuse_rebuild(cfg.model)  # a run of a model built in Python: its config alone cannot rebuild the model
     parse_name(cfg.dataset), MODELS.get(cfg.model)  # fail on unknown names before any work
     from .train import train as run_training
 

@@ -170,8 +170,16 @@ def train(config: TrainConfig | dict | str | Path | None = None, *, callbacks: l
     pruning stops a run there, and the checkpoint records it as ended). `tracking_parent`: with `track: mlflow`,
     the MLflow run this run is a child of (`imgtrain tune` makes one per search).
 
+    `model` may also be a keras.Model built in Python (a subclass with its own train_step, say) or a function
+    (input_shape, num_classes) -> keras.Model (custom.py); config.yaml then names it custom:<name>.
+
     With `distribute: data-parallel` every process of the job calls this with the same config; process 0 writes
     the run directory and returns the metrics, the others return their history and empty metrics."""
+    from . import custom as built_in_python
+
+    given = overrides.pop("model") if built_in_python.is_custom(overrides.get("model")) else None
+    if given is not None:
+        overrides["model"] = built_in_python.name_of(given)
     cfg = as_config(config, overrides)
     from .tracking import require
 
@@ -180,6 +188,8 @@ def train(config: TrainConfig | dict | str | Path | None = None, *, callbacks: l
     from .transfer import resolve
 
     cfg = resolve(cfg)  # a pretrained start's defaults, recorded in config.yaml
+    if given is not None:
+        built_in_python.check(cfg, given)
     from .auto import resolve as resolve_precision, resolve_batch
 
     record = {"mlflow": {"parent_run_id": tracking_parent}} if tracking_parent else {}
@@ -194,13 +204,14 @@ def train(config: TrainConfig | dict | str | Path | None = None, *, callbacks: l
     with fused_batchnorm(cfg.backend), join(cfg) as cluster:  # one process unless distribute
         # precision auto: this machine's choice, recorded in config.yaml; after joining, because asking JAX for
         # its devices before jax.distributed.initialize makes the join fail
-        cfg, record["precision"] = resolve_precision(cluster.config)
+        cfg, record["precision"] = resolve_precision(cluster.config, built_in_python.precision(cfg, given))
         with precision(cfg.precision):
-            return _train(dataclasses.replace(cluster, config=cfg), t_start, list(callbacks), record)
+            return _train(dataclasses.replace(cluster, config=cfg), t_start, list(callbacks), record, given)
 
 
-def _train(cluster, t_start: float, extra: list, record: dict) -> RunResult:
-    """`record`: what run.json says of how the run was set up (the precision and batch size chosen, and why)."""
+def _train(cluster, t_start: float, extra: list, record: dict, given=None) -> RunResult:
+    """`record`: what run.json says of how the run was set up (the precision and batch size chosen, and why).
+    `given`: a model or builder from Python (custom.py), else None."""
     import dataclasses
 
     import keras
@@ -223,7 +234,12 @@ def _train(cluster, t_start: float, extra: list, record: dict) -> RunResult:
     if cfg.distribute != "none" and not ds.train.in_memory:
         raise ConfigError(f"distribute {cfg.distribute!r} needs the images in memory (stream false): streamed "
                           "batches drop undecodable files, which would put the processes out of step")
-    model, origin = initial_model(cfg, ds)
+    if given is not None:
+        from .custom import build, load_last
+
+        model, origin = build(given, cfg, ds), None
+    else:
+        model, origin = initial_model(cfg, ds)
     weights = class_weights(cfg.class_weight, ds)  # checked before anything is written
     resume = None
     if resume_from is not None:
@@ -233,7 +249,9 @@ def _train(cluster, t_start: float, extra: list, record: dict) -> RunResult:
         resume = read_meta(resume_from).get("resume")
         if not resume or resume.get("format") != STATE_FORMAT:
             raise ImgtrainError(f"{resume_from} has no resume state this version can read; remove it to start over")
-        model = keras.models.load_model(resume_from, safe_mode=True)  # weights and optimizer state
+        # weights and optimizer state (a model from Python: in its own class, whose train_step goes on)
+        model = load_last(resume_from, model) if given is not None else \
+            keras.models.load_model(resume_from, safe_mode=True)
     # every process must resume from the same epoch; the check also keeps process 0 from writing before all have read
     agree(cluster, "the epoch to resume from", resume["epoch"] if resume else 0)
     log = run_logger(make_run_dir(run_dir) if cluster.chief else None)
@@ -428,12 +446,13 @@ def _best_model(cfg: TrainConfig, model, run_dir: Path, log: logging.Logger, met
     best.weights.h5 (and best.h5 when asked) written beside it."""
     import keras
 
+    from .custom import portable
     from .saving import save_model
 
     best_path = run_dir / "best.keras"
     if not best_path.exists():  # the monitored value never became finite: keep the last model as "best"
         log.warning("%s never improved; best.keras is the last epoch's model", cfg.monitor)
-        save_model(model, best_path, {**meta, "epoch": cfg.epochs})
+        save_model(portable(model), best_path, {**meta, "epoch": cfg.epochs})
     best = keras.models.load_model(best_path, safe_mode=True)
     save_model(best, run_dir / "best.weights.h5", meta)
     if cfg.save_h5:

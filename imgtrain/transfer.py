@@ -76,8 +76,10 @@ def new_head(model, num_classes: int):
 
 def initial_model(cfg: TrainConfig, ds):
     """(the model to train, where it came from: None for a fresh model, else {"path", "sha256", "head"})."""
+    from .custom import refuse_rebuild
     from .models import build_model
 
+    refuse_rebuild(cfg.model)
     if not cfg.init_from:
         extra = {"weights": cfg.weights} if cfg.weights else {}
         return build_model(cfg.model, ds.input_shape, ds.num_classes, augment=cfg.augment, **extra,
