@@ -40,7 +40,7 @@ demo: setup data
 	$(BIN)/imgtrain train --config configs/demo.yaml
 
 test: setup data $(CHROMEDRIVER)
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile
 
 # Seed code against imgtrain, alternating A/B, plus cold time-to-accuracy runs of every preset (~30 min on 2 cores);
 # writes benchmarks/results.json and benchmarks/results.md (the table in README.md).

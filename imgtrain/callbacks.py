@@ -264,4 +264,8 @@ def run_callbacks(cfg, model, run_dir: Path, meta: dict, resume: dict | None, ch
         writers.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False, profile_batch=0))
     steer = [keras.callbacks.TerminateOnNaN(), stop, StartupClock(), EpochSeeds(cfg.seed), EpochStats(),
              *[c for c in (early, plateau) if c]]
+    from .notebook import in_notebook, make_live_progress
+
+    if chief and cfg.verbose == "auto" and in_notebook():
+        writers.append(make_live_progress())  # Keras' own progress is off there (train.progress_mode)
     return [*steer, *extra, *(writers if chief else [])], stop, rows

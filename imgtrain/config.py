@@ -128,7 +128,8 @@ class TrainConfig(BaseModel):
         "tensorflow", description="Keras backend for this run; both are installed and tested (jax: data-parallel)")
     out: Optional[str] = Field(None, description="run directory; default runs/<dataset>-<model>-<time>")
     verbose: Literal["auto", "bar", "epoch", "quiet"] = Field(
-        "auto", description="progress: a bar with ETA on a terminal, one line per epoch otherwise")
+        "auto", description="progress: a bar with ETA on a terminal, a live table of the epochs in a Jupyter "
+                            "notebook, one line per epoch otherwise")
 
     # several devices or processes (docs/distributed.md)
     distribute: Literal["none", "data-parallel"] = Field(

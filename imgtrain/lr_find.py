@@ -121,7 +121,7 @@ def _losses(means: list) -> list[float]:
 
 
 def plot(result: dict):
-    from matplotlib.figure import Figure
+    from .plots import Figure
 
     fig = Figure(figsize=(6.4, 4.2), dpi=110)
     ax = fig.add_subplot()

@@ -1,14 +1,26 @@
 """Figures of a run: curves, sample images, confusion matrix, top losses, per-class scores.
 
 Each function returns a `matplotlib.figure.Figure` built without pyplot, so nothing changes the user's
-matplotlib backend: a notebook shows the figure, the report saves it as PNG.
+matplotlib backend: the report saves it as PNG, and a notebook shows it as a picture (it carries `_repr_png_`,
+since without pyplot IPython has no display registered for figures).
 """
 from __future__ import annotations
 
+import io
+
 import numpy as np
-from matplotlib.figure import Figure
+from matplotlib import figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
+
+
+class Figure(figure.Figure):
+    """A plain matplotlib Figure that a notebook displays as a PNG."""
+
+    def _repr_png_(self) -> bytes:
+        buf = io.BytesIO()
+        self.savefig(buf, format="png", dpi=90)
+        return buf.getvalue()
 
 
 def _grid(n: int, cols: int) -> tuple[int, int]:
@@ -137,11 +149,11 @@ def misclassified(x: np.ndarray, y: np.ndarray, probs: np.ndarray, class_names: 
 
 
 def heatmaps(x: np.ndarray, pred_maps: np.ndarray, true_maps: np.ndarray, y: np.ndarray, probs: np.ndarray,
-             class_names: list[str], method: str) -> Figure:
+             class_names: list[str], method: str,
+             title: str = "the highest-loss mistakes, then one right image per class") -> Figure:
     """One row per image: the image, the evidence for the predicted class, and for the true class (the same map
     when the prediction is right), each map laid over the image (bright: much evidence)."""
-    grid = _Mosaic(3 * len(x), 3, (1.9, 2.0), 0.25,
-                   f"why ({method}): the highest-loss mistakes, then one right image per class")
+    grid = _Mosaic(3 * len(x), 3, (1.9, 2.0), 0.25, f"why ({method}): {title}")
     for i in range(len(x)):
         pred = int(probs[i].argmax())
         right = pred == y[i]

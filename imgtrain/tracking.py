@@ -63,10 +63,14 @@ class Tracker:
             return None
 
     def epoch(self, epoch: int, logs: dict) -> None:
+        if self.client is None:  # before building the metrics: without tracking, MLflow is never imported
+            return
         self.call(f"log the metrics of epoch {epoch + 1}", "log_batch", self.run_id, metrics=_metrics(logs, epoch))
 
     def finish(self, run_dir: Path, metrics: dict, files=ARTIFACTS) -> None:
         """The test metrics and the artifacts (`files` of `run_dir` that exist), then the run's end."""
+        if self.client is None:
+            return
         if metrics:
             self.call("log the test metrics", "log_batch", self.run_id, metrics=_metrics(metrics, 0))
         for name in files:

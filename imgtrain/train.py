@@ -35,6 +35,19 @@ class RunResult:
     history: dict[str, list[float]]
     metrics: dict
 
+    def show(self):
+        """The run's report inline in a notebook (an HTML display object; elsewhere its repr names the file)."""
+        from IPython.display import HTML
+
+        from .notebook import report_frame
+
+        return HTML(report_frame(self.run_dir))
+
+    def _repr_html_(self) -> str:  # a notebook shows a run as its directory, test score and curves
+        from .notebook import summary_html
+
+        return summary_html(self)
+
 
 def as_config(config, overrides: dict) -> TrainConfig:
     if isinstance(config, TrainConfig):
@@ -158,8 +171,12 @@ def compile_model(model, cfg: TrainConfig, num_classes: int, optimizer) -> int:
 
 
 def progress_mode(cfg: TrainConfig) -> int:
+    """Keras' verbose for fit: auto is a bar on a terminal, one line per epoch in a log, and nothing in a notebook,
+    where callbacks.run_callbacks adds the live display instead."""
     if cfg.verbose == "auto":
-        return 1 if sys.stdout.isatty() else 2
+        from .notebook import in_notebook
+
+        return 0 if in_notebook() else 1 if sys.stdout.isatty() else 2
     return {"bar": 1, "epoch": 2, "quiet": 0}[cfg.verbose]
 
 

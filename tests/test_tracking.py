@@ -162,3 +162,11 @@ def test_without_mlflow_installed_track_mlflow_is_one_line_and_writes_nothing(tm
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1:] == [
         "error: track 'mlflow' needs MLflow: pip install mlflow (or imgtrain[mlflow]); track: none turns tracking off"]
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_without_tracking_never_imports_mlflow(tmp_path):
+    """Importing MLflow costs seconds at the end of every run (and drags in tqdm's notebook warning)."""
+    script = ("import sys; from imgtrain import train; train(dataset='mnist', model='mlp', epochs=1, train_limit=500, "
+              f"verbose='quiet', tensorboard=False, out={str(tmp_path / 'run')!r}); print('mlflow' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stderr[-2000:]

@@ -55,6 +55,13 @@ class Dataset:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    def show_batch(self, n: int = 30, split: str = "train", cols: int = 10, seed: int = 0):
+        """A grid of `n` random images of `split` with their class names: a matplotlib Figure, which a notebook
+        shows."""
+        from ..notebook import show_batch
+
+        return show_batch(self, n, split, cols, seed)
+
     def summary(self) -> dict:
         """Plain data for run.json and reports."""
         splits = {k: getattr(self, k) for k in ("train", "val", "test")}
