@@ -10,7 +10,7 @@ MNIST_SHA256 := 0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d
 FASHION      := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
 CHROMEDRIVER := /usr/bin/chromedriver
 
-.PHONY: setup data demo test bench lock clean
+.PHONY: setup data demo test bench lock clean postgres
 
 setup: $(VENV)/.installed
 
@@ -36,11 +36,17 @@ $(CHROMEDRIVER):
 	$(SUDO) apt-get update -qq
 	$(SUDO) apt-get install -y -qq chromium chromium-driver
 
+# A PostgreSQL server (Debian's package), for the test of tune workers sharing one study; the test starts its own
+# throwaway cluster on a free localhost port, so the package's own service is not needed.
+postgres:
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq postgresql)
+
 demo: setup data
 	$(BIN)/imgtrain train --config configs/demo.yaml
 
-test: setup data $(CHROMEDRIVER)
-	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile
+test: setup data $(CHROMEDRIVER) postgres
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=15
 
 # Seed code against imgtrain, alternating A/B, plus cold time-to-accuracy runs of every preset (~30 min on 2 cores);
 # writes benchmarks/results.json and benchmarks/results.md (the table in README.md).

@@ -189,9 +189,15 @@ def tune(
     params: List[str] = typer.Option([], "--param", help="search only this parameter (repeatable): learning_rate, "
                                                          "batch_size, width, dropout, weight_decay, schedule"),
     set_: List[str] = typer.Option([], "--set", help="KEY=VALUE for any config key of the base config"),
+    storage: Optional[str] = typer.Option(None, "--storage", help="a database URL (postgresql://USER@HOST/DB) that "
+                                                                  "any number of tune workers share; default: "
+                                                                  "SQLite in the search's folder, one worker"),
+    heartbeat: float = typer.Option(30.0, "--heartbeat", help="with --storage: seconds between a worker's "
+                                                              "heartbeats; a trial silent for twice this is retried"),
 ):
     """Search hyper-parameters with Optuna: each trial a run directory, the study in SQLite (a killed search
-    resumes), bad trials pruned per epoch; writes best.yaml and tune.html."""
+    resumes) or on a database server that many workers share, bad trials pruned per epoch; writes best.yaml and
+    tune.html."""
     cfg = _config(config, None, set_)
     from .tune import tune as run_search
 
@@ -202,10 +208,14 @@ def tune(
         typer.echo(f"trial {row['number']:>3}  {row['state']:<8}  {cfg.monitor} {value}  {values}  {seconds}  "
                    f"{row['run_dir']}")
 
-    result = run_search(cfg, trials, timeout, name, folder, params, progress=line)
+    result = run_search(cfg, trials, timeout, name, folder, params, progress=line, storage=storage,
+                        heartbeat_s=heartbeat)
+    from .storage import shown
+
     counts = {s: sum(r["state"] == s for r in result.trials) for s in ("complete", "pruned", "fail")}
+    where = shown(storage) if storage else result.study_dir / "study.db"
     typer.echo(f"search {result.study_dir}: {len(result.trials)} trials ({counts['complete']} complete, "
-               f"{counts['pruned']} pruned, {counts['fail']} failed), study {result.study_dir / 'study.db'}")
+               f"{counts['pruned']} pruned, {counts['fail']} failed), study {where}")
     if result.best:
         typer.echo(f"best: trial {result.best['number']}, {cfg.monitor} {result.best['value']:.4f}, "
                    f"{result.best['run_dir']}")

@@ -10,11 +10,10 @@ Import after choosing the Keras backend (the pruning callback is a Keras callbac
 """
 from __future__ import annotations
 
-import fcntl
 import inspect
 import logging
 import math
-from contextlib import contextmanager
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -28,6 +27,7 @@ from optuna.trial import TrialState
 from .config import TrainConfig, higher_is_better, make_config, save_config
 from .errors import ConfigError, ImgtrainError
 from .saving import atomic_write
+from .storage import is_shared, one_worker, open_storage
 from .tracking import end_search, start_search
 
 # the search space: parameter -> ("log" | "uniform", (low, high)) or ("choice", values)
@@ -135,31 +135,22 @@ def trial_rows(study: optuna.Study) -> list[dict]:
             t.datetime_start else None
         rows.append({"number": t.number, "state": t.state.name.lower(), "value": value, "params": dict(t.params),
                      "run_dir": t.user_attrs.get("run_dir"), "epochs_run": t.user_attrs.get("epochs_run"),
-                     "seconds": seconds, "retry_of": t.user_attrs.get("retry_of")})
+                     "seconds": seconds, "retry_of": t.system_attrs.get("failed_trial", t.user_attrs.get("retry_of"))})
     return rows
 
 
-@contextmanager
-def _only_search(study_dir: Path):
-    """One `imgtrain tune` process per search: a second would take the first one's running trial for a killed one."""
-    with open(study_dir / ".lock", "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ImgtrainError(f"another imgtrain tune is running the search in {study_dir}; wait for it to end "
-                                "or choose another --name") from None
-        yield
-
-
-def open_study(cfg: TrainConfig, names: list[str], study_dir: Path) -> optuna.Study:
-    """The search's study in study_dir/study.db, created or loaded; a search started with another config or other
-    parameters is refused, as `imgtrain train` refuses to resume a run with other settings."""
+def open_study(cfg: TrainConfig, names: list[str], study_dir: Path, storage=None) -> optuna.Study:
+    """The search's study (in study_dir/study.db unless `storage`, from storage.open_storage), created or loaded;
+    a search started with another config or other parameters is refused, as `imgtrain train` refuses to resume a
+    run with other settings."""
+    shared = storage is not None and not isinstance(storage, str)
     study = optuna.create_study(
-        storage=f"sqlite:///{(study_dir / 'study.db').resolve()}", study_name=study_dir.name, load_if_exists=True,
+        storage=storage or open_storage(study_dir, None, 0), study_name=study_dir.name, load_if_exists=True,
         direction="maximize" if higher_is_better(cfg.monitor) else "minimize",
         pruner=optuna.pruners.MedianPruner(n_startup_trials=STARTUP_TRIALS, n_warmup_steps=WARMUP_EPOCHS))
-    # seeded by (seed, trials so far): reproducible, and a resumed search does not replay the first start's draws
-    start = np.random.default_rng([cfg.seed, len(study.trials)]).integers(2**31)
+    # seeded by (seed, trials so far): reproducible, and a resumed search does not replay the first start's draws;
+    # workers sharing a study also differ by process, or two starting together would draw the same trials
+    start = np.random.default_rng([cfg.seed, len(study.trials), *([os.getpid()] if shared else [])]).integers(2**31)
     study.sampler = optuna.samplers.TPESampler(seed=int(start))
     base = make_config(**{**cfg.model_dump(), "out": None}).model_dump(mode="json")
     saved = study.user_attrs.get("base_config")
@@ -225,9 +216,11 @@ def _run_trial(trial: optuna.Trial, cfg: TrainConfig, prune: PruneTrial, study: 
 
 def tune(cfg: TrainConfig, trials: int, timeout: float | None = None, name: str | None = None,
          folder: str | Path = "runs", params: list[str] | tuple = (),
-         progress: Callable[[dict], None] | None = None) -> TuneResult:
+         progress: Callable[[dict], None] | None = None, storage: str | None = None,
+         heartbeat_s: float = 30.0) -> TuneResult:
     """Search until the study holds `trials` finished (complete or pruned) trials, or `timeout` seconds have gone
-    (no trial starts after that). `progress(row)` is called after each trial."""
+    (no trial starts after that). `progress(row)` is called after each trial. `storage`: a database URL that
+    several workers share (storage.py; each stops when the study holds `trials`, finishing the trial it runs)."""
     if trials < 1:
         raise ConfigError(f"--trials must be at least 1 (got {trials})")
     if (cfg.num_processes or 1) > 1:
@@ -239,9 +232,10 @@ def tune(cfg: TrainConfig, trials: int, timeout: float | None = None, name: str 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial comes from `progress`
     # TensorFlow warns of "retracing" when each trial's new model compiles its predict function: expected here
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
-    with _only_search(study_dir):
-        study = open_study(cfg, names, study_dir)
-        retry_killed(study)
+    with one_worker(study_dir, storage):
+        study = open_study(cfg, names, study_dir, open_storage(study_dir, storage, heartbeat_s))
+        if not is_shared(storage):  # with workers sharing the study, Optuna's heartbeat finds the killed trials
+            retry_killed(study)
         tracker = start_search(cfg, study_dir)  # MLflow: the search's run, each trial a child run
 
         def objective(trial: optuna.Trial) -> float:
