@@ -60,8 +60,12 @@ def train(
     result = run_training(cfg)
     from .distributed import is_chief
 
-    if not is_chief():
-        typer.echo(f"done; process 0 writes the run directory: {result.run_dir}")
+    if not is_chief():  # its own peak memory: process 0's is in run.json
+        from .resources import peak_rss_mib
+
+        peak = peak_rss_mib()
+        typer.echo(f"done; peak RSS of this process {f'{peak:,.0f} MiB' if peak else 'unknown'}; process 0 writes "
+                   f"the run directory: {result.run_dir}")
         return
     m = result.metrics
     typer.echo(f"run directory: {result.run_dir}")

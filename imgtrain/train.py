@@ -146,8 +146,10 @@ def fit_inputs(split, cfg: TrainConfig, input_shape, onehot: int, shuffle: bool,
         return split.x, y
     from .data.stream import ImageBatches  # makes its one-hot rows per batch
 
+    # a data-parallel run decodes in fit's own thread: Keras' threaded prefetch made a killed and resumed run drift
+    # from the uninterrupted one at the epoch after the kill (docs/distributed.md)
     return ImageBatches(split, input_shape, cfg.batch_size, shuffle=shuffle, seed=cfg.seed, onehot=onehot,
-                        skipped=skipped, epoch=epoch)
+                        skipped=skipped, epoch=epoch, workers=1 if sharding else 2, **(sharding or {}))
 
 
 def onehot_width(cfg: TrainConfig, num_classes: int) -> int:
@@ -248,9 +250,6 @@ def _train(cluster, t_start: float, extra: list, record: dict, given=None) -> Ru
     if cfg.batch_size > len(ds.train):
         raise ConfigError(f"batch_size {cfg.batch_size} is larger than the {len(ds.train)} training images; "
                           f"use at most {len(ds.train)}")
-    if cfg.distribute != "none" and not ds.train.in_memory:
-        raise ConfigError(f"distribute {cfg.distribute!r} needs the images in memory (stream false): streamed "
-                          "batches drop undecodable files, which would put the processes out of step")
     if given is not None:
         from .custom import build, load_last
 
@@ -311,9 +310,10 @@ def _fit_data(cluster, ds, onehot: int, first: int, log: logging.Logger):
         log.info("data-parallel: %d processes, %d devices, global batch %d, %d rows per process and step",
                  cluster.num_processes, cluster.replicas, cfg.batch_size, cfg.batch_size // cluster.num_processes)
         for name, batches in (("train", train_data), ("val", val)):
-            if batches is not None and batches.rows_per_pass < len(batches.x):
+            total = len(ds.train if name == "train" else ds.val)
+            if batches is not None and batches.rows_per_pass < total:
                 log.info("%s: %d of %d images a pass (the last batch trimmed to a multiple of %d devices)", name,
-                         batches.rows_per_pass, len(batches.x), cluster.replicas)
+                         batches.rows_per_pass, total, cluster.replicas)
     return train_data, val
 
 

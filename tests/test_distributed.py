@@ -1,11 +1,13 @@
 """Data-parallel training for real on one machine: two `imgtrain train` processes joined over a localhost port, and
 two virtual CPU devices in one process (XLA's host device count), against a one-process run of the same config."""
 import json
+import re
 import signal
 import socket
 import subprocess
 import time
 
+import numpy as np
 import pytest
 
 from conftest import IMGTRAIN, ROOT, run_cli
@@ -76,7 +78,9 @@ def test_two_processes_train_as_one_process(single, two_processes):
 def test_the_run_directory_is_written_once_by_process_0(two_processes):
     out, stdouts = two_processes
     assert f"run directory: {out}" in stdouts[0] and "test accuracy" in stdouts[0]
-    assert stdouts[1].strip().splitlines()[-1] == f"done; process 0 writes the run directory: {out}"
+    last = stdouts[1].strip().splitlines()[-1]
+    assert re.fullmatch(r"done; peak RSS of this process [\d,]+ MiB; process 0 writes the run directory: "
+                        + re.escape(str(out)), last), last
     info = read(out, "run.json")
     assert info["status"] == "done" and info["versions"]["backend"] == "jax"
     assert info["distribution"] == {"distribute": "data-parallel", "num_processes": 2, "devices": 2,
@@ -165,3 +169,80 @@ def test_learning_rate_scales_with_the_global_batch_only_when_asked():
     assert peak_lr(make_config(**cfg)) == 1e-3
     assert peak_lr(make_config(**cfg, lr_scaling="linear")) == pytest.approx(4e-3)
     assert peak_lr(make_config(**cfg, lr_scaling="sqrt")) == pytest.approx(2e-3)
+
+
+# ----- a folder too large for memory: streamed batches, each process decoding only its shard -----
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """2,400 MNIST training images as PNG files in one folder per class (train/ and test/ splits), one of them
+    corrupt; the runs below force it to stream (decoded per batch, never held in memory)."""
+    from conftest import write_pngs
+
+    from imgtrain import load_dataset
+
+    ds = load_dataset("mnist", val_split=0, train_limit=2000, test_limit=400)
+    root = tmp_path_factory.mktemp("digits") / "digits"
+    names = [str(i) for i in range(10)]
+    write_pngs(root / "train", ds.train.x, ds.train.y, names)
+    write_pngs(root / "test", ds.test.x, ds.test.y, names)
+    (root / "train" / "3" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    return root
+
+
+def streamed(root, out) -> list[str]:
+    return ["train", "--dataset", f"folder:{root}", "--set", "stream=true", "--model", "mlp", "--epochs", "2",
+            "--batch-size", "64", "--backend", "jax", "--no-report", "--set", "tensorboard=false", "--out", str(out)]
+
+
+def start_streamed_job(root, out, port: int) -> list[subprocess.Popen]:
+    job = [*streamed(root, out), *DP, "--num-processes", "2", "--coordinator", f"127.0.0.1:{port}"]
+    return [subprocess.Popen([*IMGTRAIN, *job, "--process-id", str(i)], cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+
+
+def test_a_streamed_folder_trains_on_two_processes_killed_and_resumed_as_on_two_devices(folder, tmp_path):
+    """Two processes, each decoding half of every global batch of 64, killed after epoch 1 and resumed: the same
+    weights, bit for bit, as one process over two virtual devices, and the accuracy of one plain JAX process."""
+    out = tmp_path / "two"
+    procs = start_streamed_job(folder, out, free_port())
+    wait_for(out / "last.keras", procs)
+    for p in procs:
+        p.send_signal(signal.SIGKILL)
+    for p in procs:
+        p.communicate(timeout=60)
+    procs = start_streamed_job(folder, out, free_port())
+    results = [p.communicate(timeout=600) for p in procs]
+    for p, (stdout, stderr) in zip(procs, results):
+        assert p.returncode == 0, f"process exited {p.returncode}\n{stdout[-2000:]}\n{stderr[-3000:]}"
+    run_cli(*streamed(folder, tmp_path / "devices"), *DP, env=TWO_DEVICES)
+    run_cli(*streamed(folder, tmp_path / "one"))
+    two, devices, one = (read(tmp_path / r, "metrics.json") for r in ("two", "devices", "one"))
+    info = read(out, "run.json")
+    assert info["data"]["streamed"] is True and info["resumed"] == [1] and info["skipped"] == 1
+    assert two["weights_sha256"] == devices["weights_sha256"]
+    assert abs(two["test_accuracy"] - one["test_accuracy"]) <= 0.005 and two["test_images"] == one["test_images"]
+    assert two["test_accuracy"] > 0.8
+    peaks = [info["peak_rss_mib"], float(re.search(r"peak RSS of this process ([\d,]+) MiB",
+                                                   results[1][0]).group(1).replace(",", ""))]
+    assert all(100 < mib < 4096 for mib in peaks), peaks
+    print(f"peak RSS per process (MiB): {peaks}; test accuracy two processes {two['test_accuracy']:.4f}, "
+          f"one process {one['test_accuracy']:.4f}")
+
+
+def test_streamed_shards_make_up_the_one_process_batch_and_replace_a_bad_file(folder):
+    from imgtrain import load_dataset
+    from imgtrain.data.stream import ImageBatches
+
+    split = load_dataset(f"folder:{folder}", stream=True, val_split=0).train
+    bad = split.paths.index(str(folder / "train" / "3" / "broken.png"))
+    one = ImageBatches(split, (28, 28, 1), 64, shuffle=True, seed=5, epoch=1, shard=(0, 1), multiple=2)
+    two = [ImageBatches(split, (28, 28, 1), 64, shuffle=True, seed=5, epoch=1, shard=(p, 2), multiple=2)
+           for p in (0, 1)]
+    assert len(one) == len(two[0]) == len(two[1]) == 32 and one.rows_per_pass == 2000  # 2,001 files: 1 trimmed
+    b = next(i for i in range(len(one)) if bad in one._shard_rows(i))
+    (x0, y0), (x1, y1), (x, y) = two[0][b], two[1][b], one[b]
+    assert len(x0) == len(x1) == 32 and len(x) == 64  # the bad file replaced, not dropped: every process feeds 32
+    np.testing.assert_array_equal(np.concatenate([x0, x1]), x)
+    np.testing.assert_array_equal(np.concatenate([y0, y1]), y)
+    assert split.paths[bad] in one.skipped

@@ -16,21 +16,49 @@ from .images import try_decode
 class ImageBatches(keras.utils.PyDataset):
     """(x, y) or x batches from `split.paths`; undecodable files are dropped from their batch and recorded. A batch
     of only undecodable files borrows a good file from later in the split, which suits training; for predictions
-    use `decode_batch`, which never borrows (`evaluate.predict_probs`)."""
+    use `decode_batch`, which never borrows (`evaluate.predict_probs`).
+
+    Data-parallel runs (as ArrayBatches): `shard=(p, n)` decodes only process p's n-th of every global batch, and
+    the last batch is trimmed to a `multiple` of the device count. Every process must then feed the same number of
+    rows at every step, so an undecodable file is replaced by the next good file of the split, not dropped."""
 
     def __init__(self, split: Split, input_shape, batch_size: int, *, shuffle: bool = False, seed: int = 0,
                  onehot: int = 0, labels: bool = True, skipped: dict | None = None, workers: int = 2,
-                 epoch: int = 0):
+                 epoch: int = 0, shard: tuple[int, int] | None = None, multiple: int = 1):
         super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=2 * workers)
         self.split, self.shape, self.batch_size = split, tuple(input_shape), batch_size
         self.shuffle, self.onehot, self.labels = shuffle, onehot, labels
-        self.seed, self.epoch = seed, epoch
+        self.seed, self.epoch, self.shard, self.multiple = seed, epoch, shard, multiple
         self.order = epoch_order(len(split), seed, epoch) if shuffle else np.arange(len(split))
         self.skipped = skipped if skipped is not None else {}
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
-        return math.ceil(len(self.split) / self.batch_size)
+        if self.shard is None:
+            return math.ceil(len(self.split) / self.batch_size)
+        full, rest = divmod(len(self.split), self.batch_size)
+        return full + int(rest >= self.multiple)
+
+    @property
+    def rows_per_pass(self) -> int:
+        """Images served per epoch (all of them, unless the last batch is trimmed for the devices)."""
+        return len(self.split) - (len(self.split) % self.batch_size) % (self.multiple if self.shard else 1)
+
+    def _shard_rows(self, b: int) -> np.ndarray:
+        """This process's positions of global batch `b`: its n-th of the batch trimmed to a multiple of devices."""
+        rows = self.order[b * self.batch_size:(b + 1) * self.batch_size]
+        rows = np.sort(rows[:len(rows) - len(rows) % self.multiple])
+        p, n = self.shard
+        part = len(rows) // n
+        return rows[p * part:(p + 1) * part]
+
+    def _load_or_next(self, i: int) -> tuple[np.ndarray, int]:
+        """The image at position `i`, or the next decodable one after it (and its position)."""
+        for step in range(len(self.split)):
+            j = (i + step) % len(self.split)
+            if (arr := self._load(j)) is not None:
+                return arr, j
+        raise DataError(f"none of the {len(self.split)} files of this split could be decoded")
 
     def _load(self, i: int):
         arr, reason = try_decode(self.split.paths[i], self.shape[:2], self.shape[2])
@@ -51,6 +79,10 @@ class ImageBatches(keras.utils.PyDataset):
         return (np.stack(images) if images else None), np.array(keep, np.int64)
 
     def __getitem__(self, b: int):
+        if self.shard is not None:  # a fixed number of rows: bad files replaced, never dropped
+            loaded = [self._load_or_next(int(i)) for i in self._shard_rows(b)]
+            x, keep = np.stack([a for a, _ in loaded]), np.array([j for _, j in loaded], np.int64)
+            return self._labelled(x, keep)
         x, keep = self.decode_batch(b)
         if x is None:  # a batch of only bad files: borrow a good one so the training step still has data
             idx = self.order[b * self.batch_size:(b + 1) * self.batch_size]
@@ -61,6 +93,9 @@ class ImageBatches(keras.utils.PyDataset):
                 j = (j + 1) % len(self.split)
         if x is None:
             raise DataError(f"none of the {len(self.split)} files of this split could be decoded")
+        return self._labelled(x, keep)
+
+    def _labelled(self, x: np.ndarray, keep: np.ndarray):
         if not self.labels:
             return x
         y = self.split.y[keep]
