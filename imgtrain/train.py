@@ -309,8 +309,8 @@ def _fit_data(cluster, ds, onehot: int, first: int, log: logging.Logger):
     if cluster.sharding:
         log.info("data-parallel: %d processes, %d devices, global batch %d, %d rows per process and step",
                  cluster.num_processes, cluster.replicas, cfg.batch_size, cfg.batch_size // cluster.num_processes)
-        for name, batches in (("train", train_data), ("val", val)):
-            total = len(ds.train if name == "train" else ds.val)
+        for name, batches, split in (("train", train_data, ds.train), ("val", val, ds.val)):
+            total = len(split) if split is not None else 0
             if batches is not None and batches.rows_per_pass < total:
                 log.info("%s: %d of %d images a pass (the last batch trimmed to a multiple of %d devices)", name,
                          batches.rows_per_pass, total, cluster.replicas)
