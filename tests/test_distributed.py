@@ -1,11 +1,14 @@
 """Data-parallel training for real on one machine: two `imgtrain train` processes joined over a localhost port, and
 two virtual CPU devices in one process (XLA's host device count), against a one-process run of the same config."""
 import json
+import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -246,3 +249,67 @@ def test_streamed_shards_make_up_the_one_process_batch_and_replace_a_bad_file(fo
     np.testing.assert_array_equal(np.concatenate([x0, x1]), x)
     np.testing.assert_array_equal(np.concatenate([y0, y1]), y)
     assert split.paths[bad] in one.skipped
+
+
+# ----- two "hosts": the same job across two network namespaces joined by a veth pair -----
+
+NETNS = ("imgtrain-h0", "imgtrain-h1")  # the namespaces, and the host names of the processes in them
+ETC_NETNS = Path("/etc/netns")
+ADDRS = ("10.77.0.1", "10.77.0.2")
+
+
+def _sh(*cmd: str) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def two_hosts():
+    """Two network namespaces, each with its loopback and one end of a veth pair (10.77.0.1/24 and 10.77.0.2/24):
+    the coordinator is reached over a non-loopback address, as between two hosts, and no traffic leaves them."""
+    if os.geteuid() != 0:
+        pytest.skip("network namespaces need root (ip netns); this process runs as uid %d" % os.geteuid())
+    for ns in NETNS:
+        _sh("ip", "netns", "del", ns)  # a namespace left by an earlier, killed run
+    made = _sh("ip", "netns", "add", NETNS[0])
+    if made.returncode:
+        pytest.skip(f"ip netns add is not allowed here: {made.stderr.strip()}")
+    try:
+        steps = [("ip", "netns", "add", NETNS[1]),
+                 ("ip", "link", "add", "imgtrain-v0", "netns", NETNS[0], "type", "veth", "peer", "name",
+                  "imgtrain-v1", "netns", NETNS[1])]
+        for i, ns in enumerate(NETNS):
+            steps += [("ip", "-n", ns, "addr", "add", f"{ADDRS[i]}/24", "dev", f"imgtrain-v{i}"),
+                      ("ip", "-n", ns, "link", "set", f"imgtrain-v{i}", "up"),
+                      ("ip", "-n", ns, "link", "set", "lo", "up")]
+        for step in steps:
+            done = _sh(*step)
+            assert done.returncode == 0, (step, done.stderr)
+        # each "host" has its own name that resolves to its own address, as on a cluster: Gloo, JAX's collectives on
+        # CPU, tells the others the address its host name resolves to (`ip netns exec` mounts /etc/netns/NS/hosts)
+        for ns in NETNS:
+            (ETC_NETNS / ns).mkdir(parents=True, exist_ok=True)
+            (ETC_NETNS / ns / "hosts").write_text("127.0.0.1 localhost\n" + "".join(
+                f"{a} {n}\n" for a, n in zip(ADDRS, NETNS)))
+        yield NETNS
+    finally:
+        for ns in NETNS:
+            _sh("ip", "netns", "del", ns)  # deletes the veth pair with it
+            shutil.rmtree(ETC_NETNS / ns, ignore_errors=True)
+
+
+def test_two_processes_in_two_network_namespaces_train_as_two_processes_on_localhost(two_hosts, two_processes,
+                                                                                     tmp_path):
+    """Process 0 in one namespace listens on 10.77.0.1; process 1 in the other reaches it over the veth pair.
+    The weights are those of the localhost pair (itself bit-identical to one process over two devices)."""
+    out, port = tmp_path / "run", 29500
+    job = [*ARGS, *DP, "--num-processes", "2", "--coordinator", f"{ADDRS[0]}:{port}", "--out", str(out)]
+    # in its own UTS namespace too, so that each process has its host's name
+    procs = [subprocess.Popen(["ip", "netns", "exec", ns, "unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"',
+                               ns, *IMGTRAIN, *job, "--process-id", str(i)], cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+             for i, ns in enumerate(two_hosts)]
+    results = [p.communicate(timeout=600) for p in procs]
+    for p, (stdout, stderr) in zip(procs, results):
+        assert p.returncode == 0, f"process exited {p.returncode}\n{stdout[-2000:]}\n{stderr[-3000:]}"
+    assert read(out, "metrics.json")["weights_sha256"] == read(two_processes[0], "metrics.json")["weights_sha256"]
+    assert read(out, "run.json")["distribution"]["num_processes"] == 2

@@ -41,10 +41,13 @@ def test_run_directory_holds_everything_to_replay(mnist_run):
 
 @pytest.mark.accuracy
 def test_cnn_bn_on_fashion_mnist_two_epochs(tmp_path):
-    # seed 004's architecture; its 0.5/0.2 dropouts learn too slowly for two epochs (0.865 here), so lighter ones
+    # seed 004's architecture; its 0.5/0.2 dropouts learn too slowly for two epochs, so lighter ones. Half the
+    # training set (27,000 images after the validation split) keeps make test short: measured 0.8734 (all 54,000:
+    # 0.88+)
     run = train(dataset="fashion_mnist", model="cnn_bn", epochs=2, batch_size=64, learning_rate=3e-3,
-                model_options={"dropout": 0.1, "conv_dropout": 0.0}, out=str(tmp_path / "run"), tensorboard=False)
-    assert run.metrics["test_accuracy"] >= 0.88, run.metrics["test_accuracy"]
+                train_limit=30000, model_options={"dropout": 0.1, "conv_dropout": 0.0}, out=str(tmp_path / "run"),
+                tensorboard=False)
+    assert run.metrics["test_accuracy"] >= 0.86, run.metrics["test_accuracy"]
     assert len(run.history["val_accuracy"]) == 2
 
 
