@@ -17,6 +17,17 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 HERE = Path(__file__).resolve().parent
 NOTEBOOK = HERE / "tutorial.ipynb"
 
+
+def _note_001() -> str:
+    """Note 001's train_step and network as tests/note001.py defines them (the file the tests train), so that the
+    notebook shows the code that is tested."""
+    text = (HERE.parent / "tests" / "note001.py").read_text()
+    body = text[text.index("@keras.saving.register_keras_serializable"):text.index("\nRECIPE = ")].rstrip()
+    return "import tensorflow as tf\n\n\n" + body
+
+
+NOTE_001 = _note_001()
+
 CELLS = [
     ("md", """# imgtrain in a notebook: the five notes' workflows
 
@@ -55,36 +66,7 @@ report, inline:"""),
 Note 001 wrote its loop by hand with `tf.GradientTape`. Written as the model's `train_step`, the same loop runs
 inside imgtrain: the run still gets checkpoints, resume, the test score and the report. Whatever the step
 returns lands in the history (here the gradients' norm)."""),
-    ("code", """import tensorflow as tf
-
-
-@keras.saving.register_keras_serializable(package="tutorial")
-class Note001(keras.Model):
-    def train_step(self, data):
-        images, labels, weights = keras.utils.unpack_x_y_sample_weight(data)
-        with tf.GradientTape() as tape:
-            probs = self(images, training=True)
-            loss = self.compute_loss(x=images, y=labels, y_pred=probs, sample_weight=weights)
-        grads = tape.gradient(loss, self.trainable_variables)
-        self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
-        for metric in self.metrics:
-            if metric.name == "loss":
-                metric.update_state(loss)
-            else:
-                metric.update_state(labels, probs, sample_weight=weights)
-        return {**{m.name: m.result() for m in self.metrics}, "grad_norm": tf.linalg.global_norm(grads)}
-
-
-def note001(input_shape, num_classes):
-    layers = keras.layers
-    inputs = keras.Input(input_shape, name="image")
-    x = layers.Rescaling(1 / 255)(inputs)
-    for filters in (32, 64, 128):
-        x = layers.Conv2D(filters, 3, activation="relu", padding="same")(x)
-        x = layers.MaxPool2D(padding="same")(x)
-    x = layers.Dropout(0.4)(layers.Dense(256, activation="relu")(layers.Flatten()(x)))
-    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="probs")(x)
-    return Note001(inputs, outputs, name="note001")
+    ("code", NOTE_001 + """
 
 
 run001 = train(model=note001, dataset="mnist", label_mode="onehot", batch_size=100, learning_rate=1e-3,

@@ -11,7 +11,6 @@ import html
 import sys
 import time
 
-import numpy as np
 
 REPORT_HEIGHT_PX = 900  # the inline report's frame; it scrolls inside
 
@@ -25,14 +24,13 @@ def in_notebook() -> bool:
 def show_batch(ds, n: int = 30, split: str = "train", cols: int = 10, seed: int = 0):
     """A grid of `n` random images of `split` with their class names (decoded from files for a streamed split)."""
     from . import plots
-    from .report import images_of
+    from .report import random_images
 
     part = getattr(ds, split)
     if part is None or not len(part):
         raise ValueError(f"dataset {ds.name} has no {split} images")
-    pick = np.sort(np.random.default_rng(seed).choice(len(part), size=min(n, len(part)), replace=False))
-    x = images_of(part, pick, ds.input_shape)
-    return plots.samples(x, part.y[pick], ds.class_names, n=len(pick), cols=cols, seed=seed)
+    x, y = random_images(part, ds.input_shape, n, seed)
+    return plots.samples(x, y, ds.class_names, n=len(x), cols=cols, seed=seed)
 
 
 def report_frame(run_dir) -> str:

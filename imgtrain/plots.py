@@ -14,13 +14,17 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
 
+def png_bytes(fig, dpi: int = 100) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
 class Figure(figure.Figure):
     """A plain matplotlib Figure that a notebook displays as a PNG."""
 
     def _repr_png_(self) -> bytes:
-        buf = io.BytesIO()
-        self.savefig(buf, format="png", dpi=90)
-        return buf.getvalue()
+        return png_bytes(self, dpi=90)
 
 
 def _grid(n: int, cols: int) -> tuple[int, int]:

@@ -6,7 +6,6 @@ report.html (one self-contained file: images embedded as base64) into the run di
 from __future__ import annotations
 
 import csv
-import io
 import json
 import time
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ import numpy as np
 import yaml
 
 from . import plots
+from .plots import png_bytes  # noqa: F401 - imported from here by the commands that write figures
 from .errors import ImgtrainError
 from .saving import atomic_write
 
@@ -57,6 +57,12 @@ def read_run(run_dir: str | Path) -> RunRecord:
                      read_history(path / "history.csv"))
 
 
+def random_images(split, shape, n: int = 30, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(images, labels) of `n` random members of `split` (decoded from their files when it streams)."""
+    pick = np.random.default_rng(seed).choice(len(split), size=min(n, len(split)), replace=False)
+    return images_of(split, pick, shape), split.y[pick]
+
+
 def images_of(split, idx: np.ndarray, shape) -> np.ndarray:
     """uint8 images at positions `idx` of a split, decoding files for streamed splits."""
     if split.in_memory:
@@ -94,8 +100,7 @@ def make_figures(run_dir: str | Path, ds=None, timings: dict | None = None, mode
     names = ds.class_names
     figs = {"curves": plots.curves(run.history, title=f"{run.name}: {run.config.get('model')} on "
                                                       f"{run.config.get('dataset')}")}
-    pick = np.random.default_rng(0).choice(len(ds.train), size=min(30, len(ds.train)), replace=False)
-    figs["samples"] = plots.samples(images_of(ds.train, pick, shape), ds.train.y[pick], names)
+    figs["samples"] = plots.samples(*random_images(ds.train, shape), names)
     if ds.test is not None and len(ds.test):
         from .evaluate import metrics_from_probs
 
@@ -140,12 +145,6 @@ def _heatmaps(run: RunRecord, ds, probs, y, pos, mistakes, model=None):
     both = explain(model, np.concatenate([x, x]), np.concatenate([pred[rows], y[rows]]))  # one trace, one batch
     return plots.heatmaps(x, both.heatmaps[:len(x)], both.heatmaps[len(x):], y[rows], probs[rows], ds.class_names,
                           both.method)
-
-
-def png_bytes(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    return buf.getvalue()
 
 
 def render_html(run: RunRecord, pngs: dict[str, bytes]) -> str:

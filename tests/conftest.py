@@ -106,3 +106,33 @@ def chromium(profile: Path, width: int = 1280, height: int = 1000):
                  f"--user-data-dir={profile}", f"--window-size={width},{height}"):
         opts.add_argument(flag)
     return webdriver.Chrome(service=Service(driver), options=opts)
+
+
+def free_port() -> int:
+    """A localhost TCP port that nothing listens on (the kernel's choice)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_healthy(url: str, proc: subprocess.Popen, log, what: str, timeout_s: float = 180) -> None:
+    """Polls GET `url` until it answers 200; a server process that exits first, or the timeout, fails the test with
+    the end of its `log` (an open file the server writes to)."""
+    import time
+
+    import httpx
+
+    deadline = time.time() + timeout_s
+    while True:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            log.seek(0)
+            raise AssertionError(f"{what} did not start:\n{log.read()[-3000:]}")
+        time.sleep(0.5)

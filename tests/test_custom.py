@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import IMGTRAIN, ROOT, run_cli
+from conftest import ROOT, run_cli
 from imgtrain import load_dataset, train
 from imgtrain.errors import ConfigError
 from note001 import RECIPE, note001

@@ -13,18 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import IMGTRAIN, ROOT, run_cli
+from conftest import IMGTRAIN, ROOT, free_port, run_cli
 
 ARGS = ["train", "--dataset", "mnist", "--model", "mlp", "--epochs", "2", "--train-limit", "4000", "--batch-size",
         "64", "--backend", "jax", "--no-report", "--set", "tensorboard=false", "--set", "test_limit=2000"]
 DP = ["--distribute", "data-parallel"]
 TWO_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def read(run, name):

@@ -16,38 +16,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import IMGTRAIN, ROOT, chromium, run_cli, write_pngs
+from conftest import IMGTRAIN, ROOT, chromium, free_port, run_cli, wait_until_healthy, write_pngs
 
 LIMITS = ["--max-upload-mb", "0.05", "--max-files", "4", "--max-pixels", "1000000"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def served(mnist_run, tmp_path_factory):
     """`imgtrain serve RUN --port P` as a user starts it: (url, process, the first line it printed)."""
     out, _ = mnist_run
-    port = _free_port()
+    port = free_port()
     log = open(tmp_path_factory.mktemp("serve") / "stderr.txt", "w+")  # a file: a full pipe would stall the server
     proc = subprocess.Popen([*IMGTRAIN, "serve", str(out), "--port", str(port), *LIMITS], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=log, text=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            log.seek(0)
-            raise AssertionError(f"server did not start:\n{log.read()[-3000:]}")
-        time.sleep(0.5)
+    wait_until_healthy(f"{url}/health", proc, log, "server", timeout_s=120)
     # The line is printed before uvicorn starts, so it is in the pipe by now; a server that prints nothing must
     # fail this test, not hang it.
     first = proc.stdout.readline() if select.select([proc.stdout], [], [], 5)[0] else ""

@@ -3,49 +3,30 @@ import csv
 import hashlib
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
-from conftest import IMGTRAIN, ROOT, run_cli
+from conftest import IMGTRAIN, ROOT, free_port, run_cli, wait_until_healthy
 
 ARGS = ["train", "--dataset", "mnist", "--model", "mlp", "--train-limit", "2000", "--set", "tensorboard=false",
         "--set", "test_limit=2000", "--track", "mlflow"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """`mlflow server` with a SQLite store and proxied artifacts, as a team would run it; its URL."""
     home = tmp_path_factory.mktemp("mlflow")
-    port = _free_port()
+    port = free_port()
     log = open(home / "server.log", "w+")
     proc = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port",
                              str(port), "--backend-store-uri", f"sqlite:///{home}/mlflow.db", "--artifacts-destination",
                              str(home / "artifacts"), "--workers", "1"], cwd=home, stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while True:
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            log.seek(0)
-            raise AssertionError(f"mlflow server did not start:\n{log.read()[-3000:]}")
-        time.sleep(0.5)
+    wait_until_healthy(f"{url}/health", proc, log, "mlflow server")
     yield url
     proc.terminate()
     proc.wait(timeout=60)
@@ -93,7 +74,7 @@ def test_a_run_logs_its_config_epochs_test_metrics_model_and_report(server, tmp_
 
 
 def test_an_unreachable_server_is_one_warning_and_the_run_goes_on(tmp_path):
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     proc = run_cli(*ARGS, "--epochs", "1", "--no-report", "--set", f"tracking_uri=http://127.0.0.1:{port}",
                    "--out", tmp_path / "run")
     warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning: mlflow")]

@@ -5,7 +5,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -15,7 +14,7 @@ import optuna
 import pytest
 import yaml
 
-from conftest import IMGTRAIN, ROOT, run_cli
+from conftest import IMGTRAIN, ROOT, free_port, run_cli
 
 
 def _pg(name: str) -> str:
@@ -23,12 +22,6 @@ def _pg(name: str) -> str:
     found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}")) or [shutil.which(name)]
     assert found[-1], f"{name} not found: make test installs Debian's postgresql package"
     return found[-1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +32,7 @@ def postgres():
     if os.geteuid() == 0:  # PostgreSQL refuses to run as root: as its own user, as Debian's package sets it up
         shutil.chown(home, "postgres", "postgres")
         as_server = ["runuser", "-u", "postgres", "--"]
-    data, port = home / "data", _free_port()
+    data, port = home / "data", free_port()
     subprocess.run([*as_server, _pg("initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync"],
                    check=True, capture_output=True, timeout=120)
     server = subprocess.Popen([*as_server, _pg("postgres"), "-D", str(data), "-p", str(port), "-c",
@@ -95,7 +88,7 @@ def test_two_workers_share_a_study_and_a_killed_workers_trial_is_retried_by_the_
 def test_an_unreachable_storage_is_one_line(tmp_path):
     base = tmp_path / "base.yaml"
     base.write_text("dataset: mnist\nmodel: mlp\nepochs: 1\n")
-    port = _free_port()
+    port = free_port()
     proc = run_cli("tune", base, "--trials", "1", "--dir", tmp_path, "--storage",
                    f"postgresql://postgres:secret@127.0.0.1:{port}/optuna", check=False)
     lines = proc.stderr.strip().splitlines()
