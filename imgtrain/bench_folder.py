@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import statistics
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -41,15 +42,23 @@ def make_jpeg_folder(root: Path, n: int, size=(320, 240), seed: int = 0, signal:
     return root
 
 
+@contextmanager
+def using_data_dir(path: Path):
+    """IMGTRAIN_DATA pointed at `path` (a cold decode and feature cache), restored after."""
+    old = os.environ.get("IMGTRAIN_DATA")
+    os.environ["IMGTRAIN_DATA"] = str(path)
+    try:
+        yield
+    finally:
+        os.environ.pop("IMGTRAIN_DATA") if old is None else os.environ.__setitem__("IMGTRAIN_DATA", old)
+
+
 def folder_pipeline(n: int, train_images: int, log) -> dict:
     """Input pipeline img/s on n generated 320x240 JPEGs resized to 128x128 with seed 004's augmentation, and
     training img/s of seed 004's Dogs-vs-Cats CNN on 128x128x3 (seed code against imgtrain)."""
     import keras
     import tensorflow as tf
 
-    from .backend import precision
-    from .batchnorm import fused_batchnorm
-    from .callbacks import EpochStats
     from .data import load_dataset
     from .data.batches import ArrayBatches
     from .data.cache import wait_for_writes
@@ -66,20 +75,16 @@ def folder_pipeline(n: int, train_images: int, log) -> dict:
         out["seed_imagedatagenerator_images_per_s"] = n / _timed(lambda: [flow[i] for i in range(len(flow))])
         log(f"  folder: seed ImageDataGenerator {out['seed_imagedatagenerator_images_per_s']:,.0f} img/s")
 
-        old = os.environ.get("IMGTRAIN_DATA")
-        os.environ["IMGTRAIN_DATA"] = str(Path(tmp) / "cache")  # a cold decode cache
         loaded = []
 
         def load():
             loaded.append(load_dataset(f"folder:{root}", image_size=(128, 128), channels=3, val_split=0.0,
                                        test_split=0.0, stream=False))
 
-        try:
+        with using_data_dir(Path(tmp) / "cache"):  # a cold decode cache
             out["imgtrain_first_epoch_images_per_s"] = n / _timed(load)  # decodes every file (the cache is
             wait_for_writes()                                             # written in the background meanwhile)
             out["imgtrain_cached_load_images_per_s"] = n / _timed(load)  # what the next run reads
-        finally:
-            os.environ.pop("IMGTRAIN_DATA") if old is None else os.environ.__setitem__("IMGTRAIN_DATA", old)
         ds = loaded[-1]
         batches = ArrayBatches(ds.train.x, ds.train.y, 64, seed=0)
         # a later epoch's input: the uint8 batch from memory, then seed 004's augmentation as the train step runs it
@@ -92,7 +97,19 @@ def folder_pipeline(n: int, train_images: int, log) -> dict:
         log(f"  folder: imgtrain decode {out['imgtrain_first_epoch_images_per_s']:,.0f} img/s, cache "
             f"{out['imgtrain_cached_load_images_per_s']:,.0f} img/s, later epochs with augmentation "
             f"{out['imgtrain_later_epoch_images_per_s']:,.0f} img/s")
+    return {**out, **dogs_vs_cats_training(train_images, log)}
 
+
+def dogs_vs_cats_training(train_images: int, log) -> dict:
+    """Training img/s of seed 004's Dogs-vs-Cats CNN on 128x128x3, the note's code against imgtrain's model."""
+    import keras
+
+    from .backend import precision
+    from .batchnorm import fused_batchnorm
+    from .callbacks import EpochStats
+    from .data.batches import ArrayBatches
+
+    out = {}
     # training throughput of the Dogs-vs-Cats CNN (0.9 GFLOP per training image): arrays in memory, batch 64 on both
     # sides (the note trains with 15), epochs after the first
     x = np.random.default_rng(0).integers(0, 256, (train_images, 128, 128, 3), dtype=np.uint8)

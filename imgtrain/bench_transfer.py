@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
 import shutil
 import statistics
@@ -33,23 +32,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 BACKBONE = "mobilenet_v3_small"
 BATCH = 64  # the guide's batch size
 SOURCE_SIZE = (500, 375)  # width, height of the generated photos: a typical Dogs-vs-Cats JPEG
-
-
-@contextmanager
-def data_dir(path: Path):
-    """IMGTRAIN_DATA pointed at `path` (a cold decode and feature cache), restored after."""
-    old = os.environ.get("IMGTRAIN_DATA")
-    os.environ["IMGTRAIN_DATA"] = str(path)
-    try:
-        yield
-    finally:
-        os.environ.pop("IMGTRAIN_DATA") if old is None else os.environ.__setitem__("IMGTRAIN_DATA", old)
 
 
 def weights_file(path: Path, size: int) -> Path:
@@ -96,31 +83,26 @@ def guide_run(root: Path, weights: Path, size: int, frozen: int, log):
     return {"precision": "float32", "frozen_epoch_s": first, "tune_epoch_s": second}, model, ds
 
 
-def alternate(guide, ds, epochs: range, seconds: list):
-    """A callback for imgtrain's run that runs one epoch of the guide's fine-tune `fit` before each of imgtrain's
-    fine-tune `epochs` (at the end of the epoch before, after that one is timed): the sides alternate, so a machine
-    whose speed drifts (this shared VM's does, by a third over minutes) hurts both alike. The first of them comes
-    before imgtrain's first fine-tune epoch, which is not counted anyway: a `fit` nested in another's callback makes
-    the outer model retrace its step once (18 s here). Appends the guide's epoch seconds to `seconds`."""
-    import keras
-
+def guide_epochs(guide, ds, epochs: int, warm_up: bool = False) -> list[float]:
+    """Seconds of `epochs` more epochs of the guide's fine-tune `fit`. They run before and after imgtrain's run, not
+    inside it: a `fit` nested in a callback of imgtrain's makes imgtrain's step retrace (measured: fine-tune epochs
+    of 26 s against 8.4 s), and a drifting machine (this shared VM's speed moves by a third over minutes) weighs
+    on the guide's epochs on both sides of imgtrain's. `warm_up`: one more epoch first, not counted: the first
+    epoch after another model has run is slow, as a run's first is (measured at 640 images: 12.5 s, then 9.4
+    and 9.3, against 9.0-10.3 before imgtrain's run)."""
     from .callbacks import EpochStats
 
-    class Alternate(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            if epoch + 1 in epochs:
-                seconds.extend(guide.fit(ds, epochs=1, verbose=0, callbacks=[EpochStats()]).history["epoch_seconds"])
-
-    return Alternate()
+    seconds = guide.fit(ds, epochs=epochs + warm_up, verbose=0, callbacks=[EpochStats()]).history["epoch_seconds"]
+    return seconds[1:] if warm_up else seconds
 
 
 def imgtrain_run(root: Path, weights: Path, size: int, frozen: int, tuned: int, precision: str, out: Path,
-                 log, callbacks=()) -> dict:
+                 log) -> dict:
     """imgtrain's run on the folder: epoch seconds of each stage, and the seconds its features took."""
     from .train import train
 
-    run = train(callbacks=callbacks, dataset=f"folder:{root}", model=BACKBONE, weights=str(weights),
-                image_size=(size, size), freeze_epochs=frozen, epochs=frozen + tuned, batch_size=BATCH, precision=precision, val_split=0,
+    run = train(dataset=f"folder:{root}", model=BACKBONE, weights=str(weights), image_size=(size, size),
+                freeze_epochs=frozen, epochs=frozen + tuned, batch_size=BATCH, precision=precision, val_split=0,
                 monitor="loss", test_split=0, out=str(out), tensorboard=False, report=False, verbose="quiet")
     with open(run.run_dir / "history.csv") as f:
         rows = list(csv.DictReader(f))
@@ -155,16 +137,35 @@ def peak_rss_run(root: Path, weights: Path, size: int, out: Path, log) -> dict:
     return result
 
 
+def cold_decode_rate(root: Path, size: int, n: int, caches: list[Path]) -> float:
+    """img/s of a first load of the folder (every file decoded): the median over `caches`, each a cold decode
+    cache of its own (one load takes about a second, and this VM's speed varies from one second to the next)."""
+    from .bench_folder import using_data_dir
+    from .data import load_dataset
+    from .data.cache import wait_for_writes
+
+    rates = []
+    for cache in caches:
+        with using_data_dir(cache):
+            t = time.perf_counter()
+            load_dataset(f"folder:{root}", image_size=(size, size), channels=3, val_split=0, test_split=0,
+                         stream=False)
+            rates.append(n / (time.perf_counter() - t))
+            wait_for_writes()  # the cache is written in the background: not part of the next load's time
+    return statistics.median(rates)
+
+
 def later(seconds: list[float]) -> float:
-    """Median epoch seconds after a stage's first (which traces the train step)."""
+    """Median epoch seconds after a stage's first (which traces the train step). Five fine-tune epochs give four
+    to take the median of: on this VM one epoch in five or so runs up to twice as long on either side (measured:
+    imgtrain 5.2 s epochs with one of 9.9 s; the guide's vary 13-16 s), which a median of two would average in."""
     return statistics.median(seconds[1:] or seconds)
 
 
 def transfer_bench(quick: bool, log=print) -> dict:
-    from .bench_folder import make_jpeg_folder
-    from .data import load_dataset
+    from .bench_folder import make_jpeg_folder, using_data_dir
 
-    size, n, big, frozen, tuned = (96, 128, 600, 2, 2) if quick else (224, 1000, 10000, 3, 3)
+    size, n, big, frozen, tuned = (96, 128, 600, 2, 2) if quick else (224, 1000, 10000, 3, 5)
     out = {"backbone": BACKBONE, "batch_size": BATCH, "images": n, "source_size": list(SOURCE_SIZE),
            "size": [size, size], "frozen_epochs": frozen, "tune_epochs": tuned}
     with tempfile.TemporaryDirectory() as tmp:
@@ -174,17 +175,17 @@ def transfer_bench(quick: bool, log=print) -> dict:
         log(f"transfer: {n} JPEGs {SOURCE_SIZE[0]}x{SOURCE_SIZE[1]} written in {time.perf_counter() - t:.0f} s; "
             f"{BACKBONE} at {size}x{size}, batch {BATCH}")
         weights = weights_file(tmp / "backbone.weights.h5", size)
-        with data_dir(tmp / "cache"):  # cold: the first load decodes every file
-            t = time.perf_counter()
-            load_dataset(f"folder:{root}", image_size=(size, size), channels=3, val_split=0, test_split=0,
-                         stream=False)
-            out["decode_images_per_s"] = n / (time.perf_counter() - t)
-            log(f"  first-epoch decode {out['decode_images_per_s']:,.0f} img/s")
+        out["decode_images_per_s"] = cold_decode_rate(root, size, n, [tmp / "decode-0", tmp / "decode-1",
+                                                                     tmp / "cache"])
+        log(f"  first-epoch decode {out['decode_images_per_s']:,.0f} img/s (median of 3 cold caches)")
+        with using_data_dir(tmp / "cache"):
             out["guide"], guide, ds = guide_run(root, weights, size, frozen, log)
-            both = alternate(guide, ds, range(frozen, frozen + tuned), out["guide"]["tune_epoch_s"])
-            out["float32"] = imgtrain_run(root, weights, size, frozen, tuned, "float32", tmp / "f32", log, [both])
-            log(f"  guide fine-tune: {', '.join(f'{s:.1f}' for s in out['guide']['tune_epoch_s'])} s an epoch "
-                f"(after the first, alternated with imgtrain float32's)")
+            tune_s, half = out["guide"]["tune_epoch_s"], max(1, tuned // 2)
+            tune_s += guide_epochs(guide, ds, half)
+            out["float32"] = imgtrain_run(root, weights, size, frozen, tuned, "float32", tmp / "f32", log)
+            tune_s += guide_epochs(guide, ds, half, warm_up=True)
+            log(f"  guide fine-tune: {', '.join(f'{s:.1f}' for s in tune_s)} s an epoch (its first, {half} before "
+                f"and {half} after imgtrain float32's run, after one not counted)")
             out["mixed_bfloat16"] = imgtrain_run(root, weights, size, frozen, tuned, "mixed_bfloat16", tmp / "bf16",
                                                  log)
         guide = out["guide"]
@@ -202,7 +203,7 @@ def transfer_bench(quick: bool, log=print) -> dict:
         t = time.perf_counter()
         root = make_jpeg_folder(tmp / "many", big, size=SOURCE_SIZE, seed=1)
         log(f"  {big:,} JPEGs written in {time.perf_counter() - t:.0f} s")
-        with data_dir(tmp / "cache-big"):
+        with using_data_dir(tmp / "cache-big"):
             out["peak_rss"] = peak_rss_run(root, weights, size, tmp / "big-run", log)
     return out
 
@@ -225,6 +226,7 @@ def markdown(t: dict) -> list[str]:
             f"| fine-tune stage img/s | {g['tune_images_per_s']:,.1f} | {a['tune_images_per_s']:,.1f} "
             f"(**{a['tune_speedup']:.2f}×**) | {b['tune_images_per_s']:,.1f} (**{b['tune_speedup']:.2f}×**) |",
             "",
-            f"First-epoch decode (cold cache, {t['size'][0]}×{t['size'][1]}): {t['decode_images_per_s']:,.0f} img/s. "
+            f"First-epoch decode (cold cache, median of 3, {t['size'][0]}×{t['size'][1]}): "
+            f"{t['decode_images_per_s']:,.0f} img/s. "
             f"A cold `imgtrain train` process on {rss['images']:,} images ({'streamed' if rss['streamed'] else 'in memory'}"
             f", 1 frozen + 1 fine-tune epoch): {rss['wall_s']:.0f} s, peak RSS {rss['peak_rss_mib']:,.0f} MiB."]

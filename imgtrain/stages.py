@@ -137,12 +137,16 @@ def _fit_stage(cluster, ds, model, data: tuple, callbacks: list, weights, stage:
     if saved_optimizer is not None:
         restore_optimizer(optimizer, saved_optimizer, model.trainable_variables)
     onehot = compile_model(model, cfg, ds.num_classes, optimizer)
-    if len(stages(cfg)) > 1 or mult != 1.0:
-        log.info("stage %d: epochs %d-%d, %s, %d trainable weights, body learning rate x %g", stage.number,
-                 begin + 1, end, "the head alone" if stage.trains == "head" else "head and body",
-                 len(model.trainable_weights), mult)
-    fitting, train_data, val = model, *data
     cached = _cached_head(cluster, ds, model, onehot, begin, log) if stage.trains == "head" else None
+    if len(stages(cfg)) > 1 or mult != 1.0:
+        what = ("the head alone" + (" on cached features" if cached else "") if stage.trains == "head" else
+                "head and body")
+        line = (f"stage {stage.number}: epochs {begin + 1}-{end}, {what}, {len(model.trainable_weights)} trainable "
+                f"weights" + (f", body learning rate x {mult:g}" if stage.trains == "body" else ""))
+        log.info(line)
+        if cluster.chief and progress_mode(cfg):  # above Keras' epoch lines, as fastai's fine_tune prints two tables
+            print(line, flush=True)
+    fitting, train_data, val = model, *data
     if cached:
         fitting, train_data, val = cached
         compile_model(fitting, cfg, ds.num_classes, optimizer)  # the same optimizer: the model saves its state

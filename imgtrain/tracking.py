@@ -156,17 +156,22 @@ def start_run(cfg, run_dir: Path, record: dict | None, log) -> Tracker:
 
 def start_search(cfg, study_dir: Path) -> Tracker:
     """The parent run of an `imgtrain tune` search (its trials are child runs), with the search's base config as
-    params; study_dir/mlflow.json keeps it, so that the same command resumes the search into the same run."""
+    params; study_dir/mlflow.json keeps it, so that the same command resumes the search into the same run. Workers
+    of one search (`tune --storage`) share study_dir: the first to get its lock creates the run, the others join it."""
+    import fcntl
+
     from .saving import atomic_write_json
 
     if cfg.track != "mlflow":
         return Tracker()
     saved = study_dir / "mlflow.json"
-    earlier = json.loads(saved.read_text()) if saved.is_file() else {}
     tags = {"imgtrain_study_dir": str(study_dir.resolve()), "imgtrain_dataset": cfg.dataset,
             "imgtrain_model": cfg.model}
-    tracker = _open(cfg, earlier, study_dir.name, tags, None)
-    atomic_write_json(saved, tracker.record)
+    with open(study_dir / ".mlflow.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes (or its process dies)
+        earlier = json.loads(saved.read_text()) if saved.is_file() else {}
+        tracker = _open(cfg, earlier, study_dir.name, tags, None)
+        atomic_write_json(saved, tracker.record)
     return tracker
 
 

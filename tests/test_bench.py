@@ -148,7 +148,7 @@ def _check_transfer(t: dict, table: str) -> None:
              for side in ("guide", "float32", "mixed_bfloat16")}
     for side in ("guide", "float32", "mixed_bfloat16"):
         s = t[side]
-        # the guide's fine-tune: its first epoch, then one after each of imgtrain float32's (alternated)
+        # the guide's fine-tune: its first epoch, then one before and one after imgtrain float32's run
         assert len(s["frozen_epoch_s"]) == 2 and len(s["tune_epoch_s"]) == (3 if side == "guide" else 2)
         assert min(s["frozen_epoch_s"]) > 0
         for k in ("frozen", "tune"):

@@ -129,6 +129,37 @@ def test_tune_logs_each_trial_as_a_child_of_the_search(server, tmp_path):
     assert {"tune.html", "best.yaml"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
 
 
+WORKER = """
+import sys
+from pathlib import Path
+from imgtrain.config import make_config
+from imgtrain.tracking import start_search
+cfg = make_config(dataset="mnist", model="mlp", track="mlflow", tracking_uri=sys.argv[1], experiment="workers")
+print(start_search(cfg, Path(sys.argv[2])).run_id)
+"""
+
+
+def test_workers_of_one_search_starting_at_once_share_one_parent_run(server, tmp_path):
+    """`tune --storage` workers share the study folder. Both workers are held at the folder's lock until both have
+    started, then let go at once: without the lock each would read no mlflow.json and create its own parent run."""
+    import fcntl
+
+    study_dir = tmp_path / "s"
+    study_dir.mkdir()
+    with open(study_dir / ".mlflow.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        workers = [subprocess.Popen([sys.executable, "-c", WORKER, server, str(study_dir)], stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True, cwd=ROOT) for _ in range(2)]
+        time.sleep(8)  # both import imgtrain and MLflow (~3 s) and reach the lock
+    outputs = [w.communicate(timeout=120) for w in workers]
+    assert all(w.returncode == 0 for w in workers), [err for _, err in outputs]
+    ids = [out.strip() for out, _ in outputs]
+    assert ids[0] == ids[1] == json.loads((study_dir / "mlflow.json").read_text())["run_id"]
+    client = _client(server)
+    runs = client.search_runs([client.get_experiment_by_name("workers").experiment_id])
+    assert [r.info.run_id for r in runs] == [ids[0]]
+
+
 def _study(study_dir: Path):
     """The search's own Optuna study, from its storage."""
     import optuna

@@ -242,9 +242,10 @@ def test_a_pretrained_backbone_keeps_its_batchnorm_statistics_while_it_is_fine_t
         run.run_dir / "train.log").read_text()
 
 
-def test_two_stages_unfreeze_the_last_blocks_and_the_body_learns_at_its_own_rate(resnet9_0_to_4, tmp_path):
+def test_two_stages_unfreeze_the_last_blocks_and_the_body_learns_at_its_own_rate(resnet9_0_to_4, tmp_path, capsys):
     """After the frozen stage, unfreeze=2 trains the head and the last two layers with weights before it (nothing
-    earlier moves); the body's steps scale with backbone_lr_mult while the head's do not; history marks the stage."""
+    earlier moves); the body's steps scale with backbone_lr_mult while the head's do not; history marks the stage,
+    and the epoch lines on standard output say where each stage starts."""
     from imgtrain import train
 
     before = _weights_by_name(keras.models.load_model(resnet9_0_to_4 / "best.keras"))
@@ -252,7 +253,7 @@ def test_two_stages_unfreeze_the_last_blocks_and_the_body_learns_at_its_own_rate
     for mult in (0.5, 0.001):
         run = train(dataset="mnist", classes=[5, 6, 7, 8, 9], init_from=str(resnet9_0_to_4), train_limit=1000,
                     epochs=3, freeze_epochs=1, unfreeze=2, backbone_lr_mult=mult, out=str(tmp_path / f"m{mult}"),
-                    tensorboard=False, report=False, verbose="quiet")
+                    tensorboard=False, report=False, verbose="epoch" if mult < 0.01 else "quiet")
         after = _weights_by_name(keras.models.load_model(run.run_dir / "last.keras"))
         moved = sorted({k.split("/")[0] for k in before if not np.array_equal(before[k], after[k])})
         assert moved == ["probs", "stage3_res2_bn", "stage3_res2_conv"], moved  # the head, the last two layers
@@ -261,6 +262,10 @@ def test_two_stages_unfreeze_the_last_blocks_and_the_body_learns_at_its_own_rate
     assert step[0.5] > 50 * step[0.001] > 0, step  # Adam's steps are proportional to the rate: 500x apart
     log = (run.run_dir / "train.log").read_text()
     assert "stage 2: epochs 2-3, head and body" in log and "body learning rate x 0.001" in log
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("stage ", "Epoch "))]
+    assert printed == ["stage 1: epochs 1-1, the head alone on cached features, 2 trainable weights",  # Keras prints
+                       "stage 2: epochs 2-3, head and body, 5 trainable weights, body learning rate x 0.001",  # no
+                       "Epoch 2/3", "Epoch 3/3"]  # "Epoch 1/1" for a fit of one epoch
 
 
 def test_freeze_epochs_needs_a_pretrained_start(tmp_path):

@@ -45,21 +45,19 @@ def create_app(target: str | Path, *, top_k: int = 3, max_upload_mb: float = 10.
                max_pixels: int = 40_000_000, max_batch: int = 64, model_name: str | None = None) -> FastAPI:
     """The server for one model. `model_name`: its name under /v2/models/ (default: the run directory's name, or
     the model file's stem)."""
-    from ..export import preprocessing
     from ..saving import load_model, resolve_model_path
 
     path = resolve_model_path(target)
     model, meta = load_model(path)
     names = list(meta["class_names"])
     shape = tuple(int(d) for d in model.input_shape[1:])
-    metrics_file = path.parent / "metrics.json"
-    metrics = {k: v for k, v in json.loads(metrics_file.read_text()).items() if k != "test"} \
-        if metrics_file.is_file() else {}
     max_bytes = int(max_upload_mb * 2**20)
     model.predict_on_batch(np.zeros((1, *shape), np.float32))  # build the predict function before serving
     batcher = Batcher(lambda x: np.asarray(model.predict_on_batch(x.astype(np.float32))), max_batch=max_batch)
     title = f"{meta.get('model', 'model')} · {meta.get('dataset', path.name)}"
     v2_name = model_name or default_name(path)
+    info = describe(path, model, meta, v2_name, {"max_upload_mb": max_upload_mb, "max_files": max_files,
+                                                 "max_pixels": max_pixels})
 
     app = FastAPI(title="imgtrain", description=f"Image classifier {title}: {len(names)} classes.")
     # Room for the multipart framing around max_files files: about 200 bytes of headers a part.
@@ -91,11 +89,8 @@ def create_app(target: str | Path, *, top_k: int = 3, max_upload_mb: float = 10.
         return {"status": "ok", "requests": batcher.requests, "model_calls": batcher.batches}
 
     @app.get("/model")
-    def model_info() -> dict:  # the file's name only: where the server keeps its runs is no client's business
-        return {"model": path.name, "v2_name": v2_name, "class_names": names, "input_shape": list(shape),
-                "metrics": metrics,
-                "preprocessing": preprocessing(model, meta), "limits": {
-                    "max_upload_mb": max_upload_mb, "max_files": max_files, "max_pixels": max_pixels}}
+    def model_info() -> dict:
+        return info
 
     @app.post("/predict")
     async def predict(request: Request, k: int = top_k) -> dict:
@@ -108,6 +103,19 @@ def create_app(target: str | Path, *, top_k: int = 3, max_upload_mb: float = 10.
     add_v2(app, name=v2_name, input_name=model.inputs[0].name, shape=shape, names=names,
            batcher=batcher, max_images=max_files)
     return app
+
+
+def describe(path: Path, model, meta: dict, v2_name: str, limits: dict) -> dict:
+    """GET /model's answer: the model file's name only (where the server keeps its runs is no client's business),
+    its classes, input, test metrics, preprocessing and the upload limits."""
+    from ..export import preprocessing
+
+    metrics_file = path.parent / "metrics.json"
+    metrics = {k: v for k, v in json.loads(metrics_file.read_text()).items() if k != "test"} \
+        if metrics_file.is_file() else {}
+    return {"model": path.name, "v2_name": v2_name, "class_names": list(meta["class_names"]),
+            "input_shape": [int(d) for d in model.input_shape[1:]], "metrics": metrics,
+            "preprocessing": preprocessing(model, meta), "limits": limits}
 
 
 def default_name(model_path: Path) -> str:
