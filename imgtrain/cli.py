@@ -279,7 +279,7 @@ def runs_compare(
 
     text, fig = compare_runs(run_dirs)
     from .saving import atomic_write
-    from .report import png_bytes
+    from .plots import png_bytes
 
     atomic_write(plot, png_bytes(fig))
     typer.echo(text + f"\n\ncurves: {plot}")

@@ -143,7 +143,7 @@ def plot(result: dict):
 
 
 def write(result: dict, out: Path) -> None:
-    from .report import png_bytes
+    from .plots import png_bytes
     from .saving import atomic_write, atomic_write_json
 
     out.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ import numpy as np
 import yaml
 
 from . import plots
-from .plots import png_bytes  # noqa: F401 - imported from here by the commands that write figures
+from .plots import png_bytes
 from .errors import ImgtrainError
 from .saving import atomic_write
 

@@ -281,7 +281,8 @@ def write_outputs(study: optuna.Study, cfg: TrainConfig, study_dir: Path) -> Tun
     """best.yaml (the best complete trial's config, to train with `imgtrain train --config`), the plots and
     tune.html. Rewritten after every trial, so a long search can be followed and a killed one keeps them."""
     from . import plots
-    from .report import png_bytes, read_run
+    from .plots import png_bytes
+    from .report import read_run
 
     rows = trial_rows(study)
     complete = [r for r in rows if r["state"] == "complete"]

@@ -150,7 +150,7 @@ def test_workers_of_one_search_starting_at_once_share_one_parent_run(server, tmp
         fcntl.flock(lock, fcntl.LOCK_EX)
         workers = [subprocess.Popen([sys.executable, "-c", WORKER, server, str(study_dir)], stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, text=True, cwd=ROOT) for _ in range(2)]
-        time.sleep(8)  # both import imgtrain and MLflow (~3 s) and reach the lock
+        _wait_for_waiters(study_dir / ".mlflow.lock", 2, workers)  # both have imported and reached the lock
     outputs = [w.communicate(timeout=120) for w in workers]
     assert all(w.returncode == 0 for w in workers), [err for _, err in outputs]
     ids = [out.strip() for out, _ in outputs]
@@ -158,6 +158,15 @@ def test_workers_of_one_search_starting_at_once_share_one_parent_run(server, tmp
     client = _client(server)
     runs = client.search_runs([client.get_experiment_by_name("workers").experiment_id])
     assert [r.info.run_id for r in runs] == [ids[0]]
+
+
+def _wait_for_waiters(lock_file: Path, n: int, procs: list, timeout_s: float = 120) -> None:
+    """Until `n` processes wait for the flock on `lock_file` (Linux lists a waiter in /proc/locks with "->")."""
+    inode = f":{lock_file.stat().st_ino} "
+    deadline = time.time() + timeout_s
+    while sum("->" in line and inode in line for line in Path("/proc/locks").read_text().splitlines()) < n:
+        assert all(p.poll() is None for p in procs) and time.time() < deadline, "the workers did not reach the lock"
+        time.sleep(0.1)
 
 
 def _study(study_dir: Path):

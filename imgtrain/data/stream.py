@@ -84,15 +84,10 @@ class ImageBatches(keras.utils.PyDataset):
             x, keep = np.stack([a for a, _ in loaded]), np.array([j for _, j in loaded], np.int64)
             return self._labelled(x, keep)
         x, keep = self.decode_batch(b)
-        if x is None:  # a batch of only bad files: borrow a good one so the training step still has data
-            idx = self.order[b * self.batch_size:(b + 1) * self.batch_size]
-            j = (idx[-1] + 1) % len(self.split)
-            while x is None and j != idx[0]:
-                if (arr := self._load(j)) is not None:
-                    x, keep = arr[None], np.array([j])
-                j = (j + 1) % len(self.split)
-        if x is None:
-            raise DataError(f"none of the {len(self.split)} files of this split could be decoded")
+        if x is None:  # a batch of only bad files: borrow the next good one so the training step still has data
+            last = self.order[b * self.batch_size:(b + 1) * self.batch_size][-1]
+            arr, j = self._load_or_next((int(last) + 1) % len(self.split))
+            x, keep = arr[None], np.array([j])
         return self._labelled(x, keep)
 
     def _labelled(self, x: np.ndarray, keep: np.ndarray):
