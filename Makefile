@@ -1,4 +1,5 @@
-# imgtrain: `make demo` trains the default job; `make test` runs the test suite. Both set everything up first.
+# imgtrain: `make demo` trains the default job; `make test` runs lint, then the test suite. Both set everything up
+# first: demo a lean environment (imgtrain alone, no extras), test one with every extra and the test tools.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -10,12 +11,19 @@ MNIST_SHA256 := 0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d
 FASHION      := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
 CHROMEDRIVER := /usr/bin/chromedriver
 
-.PHONY: setup data demo test bench lock clean postgres
+.PHONY: setup setup-test data demo lint test bench lock clean postgres
 
 setup: $(VENV)/.installed
+setup-test: $(VENV)/.installed-test
 
+# imgtrain and what training needs, nothing more (pyproject.toml's dependencies; the extras are for other commands)
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -c constraints.txt -e .
+	touch $@
+
+# every extra (serve, export, jax, tune, mlflow, postgres, notebook) and the lint and test tools
+$(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
 	touch $@
 
@@ -45,12 +53,19 @@ postgres:
 demo: setup data
 	$(BIN)/imgtrain train --config configs/demo.yaml
 
-test: setup data $(CHROMEDRIVER) postgres
+# ruff (lint and format), mypy (pyproject.toml [tool.mypy]), import-linter (the layers, [tool.importlinter])
+lint: setup-test
+	$(BIN)/ruff check imgtrain tests docs/make_tutorial.py
+	$(BIN)/ruff format --check imgtrain tests docs/make_tutorial.py
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+test: lint data $(CHROMEDRIVER) postgres
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=15
 
 # Seed code against imgtrain, alternating A/B, plus cold time-to-accuracy runs of every preset (~30 min on 2 cores);
 # writes benchmarks/results.json and benchmarks/results.md (the table in README.md).
-bench: setup data
+bench: setup-test data
 	$(BIN)/imgtrain bench --preset all --out benchmarks
 
 # Re-pin every dependency from pyproject.toml into constraints.txt.

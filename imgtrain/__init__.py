@@ -7,34 +7,60 @@
 `import imgtrain` does not import Keras (only `build_model`, `train` and friends do, when called), so that each
 run can choose its backend first.
 """
-__version__ = "0.1.0"
 
-from .config import TrainConfig, load_config  # noqa: E402
-from .data import load_dataset  # noqa: E402
-from .evaluate import evaluate  # noqa: E402
-from .predict import predict_files  # noqa: E402
-from .saving import load_model  # noqa: E402
-from .train import train  # noqa: E402
+import logging
+from typing import TYPE_CHECKING, Any
+
+from imgtrain.analysis.evaluate import evaluate
+from imgtrain.analysis.predict import predict_files
+from imgtrain.core.config import TrainConfig, load_config
+from imgtrain.core.saving import load_model
+from imgtrain.core.version import __version__
+from imgtrain.data import load_dataset
+from imgtrain.training.run import train
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+    import keras
+    import numpy as np
+    import numpy.typing as npt
+
+    from imgtrain.analysis.heatmaps import Explanation
+
+# imgtrain's logger hierarchy (`imgtrain`, `imgtrain.run`: every run's messages) stays silent unless the application
+# configures logging; a run's train.log is a handler of its own
+logging.getLogger("imgtrain").addHandler(logging.NullHandler())
 
 
-def build_model(name: str, input_shape=(28, 28, 1), num_classes: int = 10, **options):
+def build_model(
+    name: str, input_shape: tuple[int, ...] = (28, 28, 1), num_classes: int = 10, **options: Any
+) -> "keras.Model":
     """A plain `keras.Model` from the registry (imports Keras); see `imgtrain.models.build_model`."""
-    from .models import build_model as _build
+    from imgtrain.models import build_model as _build
 
     return _build(name, input_shape, num_classes, **options)
 
 
-def explain(model, images, class_index=None, method: str = "auto", layer: str | None = None, batch_size: int = 64):
-    """Heatmaps of why `model` decided (Grad-CAM, or saliency without convolutions); see `imgtrain.heatmaps.explain`.
-    Returns an Explanation: .heatmaps (n, h, w) in [0, 1], .classes, .probs, .method, .layer."""
-    from .heatmaps import explain as _explain
+def explain(
+    model: "keras.Model",
+    images: "np.ndarray",
+    class_index: "npt.ArrayLike | None" = None,
+    method: str = "auto",
+    layer: str | None = None,
+    batch_size: int = 64,
+) -> "Explanation":
+    """Heatmaps of why `model` decided (Grad-CAM, or saliency without convolutions); see
+    `imgtrain.analysis.heatmaps.explain`. Returns an Explanation: .heatmaps (n, h, w) in [0, 1], .classes, .probs,
+    .method, .layer."""
+    from imgtrain.analysis.heatmaps import explain as _explain
 
     return _explain(model, images, class_index, method, layer, batch_size)
 
 
-def __getattr__(name: str):
-    """`imgtrain.plots`, `imgtrain.report`, ...: every module of the package is reachable after `import imgtrain`,
-    imported on first use (so that `import imgtrain` stays light and imports no Keras)."""
+def __getattr__(name: str) -> "ModuleType":
+    """`imgtrain.training`, `imgtrain.models`, ...: every subpackage is reachable after `import imgtrain`, imported on
+    first use (so that `import imgtrain` stays light and imports no Keras)."""
     import importlib
     from pathlib import Path
 
@@ -44,5 +70,15 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'imgtrain' has no attribute {name!r}")
 
 
-__all__ = ["TrainConfig", "build_model", "evaluate", "explain", "load_config", "load_dataset", "load_model", "predict_files",
-           "train"]
+__all__ = [
+    "__version__",
+    "TrainConfig",
+    "build_model",
+    "evaluate",
+    "explain",
+    "load_config",
+    "load_dataset",
+    "load_model",
+    "predict_files",
+    "train",
+]

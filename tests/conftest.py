@@ -1,4 +1,5 @@
 """Shared fixtures: real data written out as image files, and one real training run reused by several tests."""
+
 from __future__ import annotations
 
 import os
@@ -18,14 +19,23 @@ _SCRIPT = Path(sys.executable).parent / "imgtrain"  # the console script pip ins
 IMGTRAIN = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "imgtrain.cli"]
 
 
-def run_cli(*args: str, cwd: Path | None = None, check: bool = True, env: dict | None = None,
-            timeout: float = 900) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: Path | None = None, check: bool = True, env: dict | None = None, timeout: float = 900
+) -> subprocess.CompletedProcess:
     """Run `imgtrain ARGS` as a user would, in a fresh process."""
-    proc = subprocess.run([*IMGTRAIN, *map(str, args)], cwd=cwd or ROOT, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+    proc = subprocess.run(
+        [*IMGTRAIN, *map(str, args)],
+        cwd=cwd or ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"imgtrain {' '.join(map(str, args))} exited {proc.returncode}\n"
-                             f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}")
+        raise AssertionError(
+            f"imgtrain {' '.join(map(str, args))} exited {proc.returncode}\n"
+            f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+        )
     return proc
 
 
@@ -69,16 +79,20 @@ def fashion_files(tmp_path_factory, fashion):
         w.writerow(["filename", "category", "split"])
         w.writerows([(p.removeprefix("folder/"), c, "train") for p, c in train_rows])
         w.writerows([(p.removeprefix("folder/"), c, "test") for p, c in test_rows])
-    return {"folder": base / "folder", "csv": base / "folder" / "labels.csv", "class_names": names,
-            "test_y": fashion.test.y[te], "test_x": fashion.test.x[te]}
+    return {
+        "folder": base / "folder",
+        "csv": base / "folder" / "labels.csv",
+        "class_names": names,
+        "test_y": fashion.test.y[te],
+        "test_x": fashion.test.x[te],
+    }
 
 
 @pytest.fixture(scope="session")
 def mnist_run(tmp_path_factory):
     """`imgtrain train --dataset mnist --model cnn_small --epochs 1` run through the CLI, as the README shows."""
     out = tmp_path_factory.mktemp("runs") / "mnist-1"
-    proc = run_cli("train", "--dataset", "mnist", "--model", "cnn_small", "--epochs", "1", "--lr", "3e-3",
-                   "--out", out)
+    proc = run_cli("train", "--dataset", "mnist", "--model", "cnn_small", "--epochs", "1", "--lr", "3e-3", "--out", out)
     return out, proc
 
 
@@ -101,9 +115,18 @@ def chromium(profile: Path, width: int = 1280, height: int = 1000):
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = browser
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={profile}", f"--window-size={width},{height}"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        f"--window-size={width},{height}",
+    ):
         opts.add_argument(flag)
     return webdriver.Chrome(service=Service(driver), options=opts)
 

@@ -1,6 +1,7 @@
 """Note 001's MNIST CNN and its hand-written GradientTape loop, rewritten as a Keras `train_step` so that
 `imgtrain.train(model=note001)` runs it (docs/seeds.md, seed 001). Imported by tests/test_custom.py, and run as a
 script by its resume test: python tests/note001.py OUT EPOCHS."""
+
 import sys
 
 import keras
@@ -41,8 +42,16 @@ def note001(input_shape, num_classes):
     return Note001(inputs, outputs, name="note001")
 
 
-RECIPE = dict(dataset="mnist", label_mode="onehot", batch_size=100, learning_rate=1e-3, schedule="constant",
-              train_limit=6000, tensorboard=False, verbose="quiet")  # the note's: one-hot labels, batch 100, Adam 1e-3
+RECIPE = dict(
+    dataset="mnist",
+    label_mode="onehot",
+    batch_size=100,
+    learning_rate=1e-3,
+    schedule="constant",
+    train_limit=6000,
+    tensorboard=False,
+    verbose="quiet",
+)  # the note's: one-hot labels, batch 100, Adam 1e-3
 
 if __name__ == "__main__":
     from imgtrain import train

@@ -1,4 +1,5 @@
 """The `auto` settings: precision per machine and model, batch size per training set; recorded and applied."""
+
 from __future__ import annotations
 
 import json
@@ -6,33 +7,38 @@ import json
 import pytest
 import yaml
 
-from imgtrain.config import make_config
-from imgtrain.auto import auto_batch, choose, cpu_info, resolve, resolve_batch
+from imgtrain.core.auto import auto_batch, choose, cpu_info, resolve, resolve_batch
+from imgtrain.core.config import make_config
 
 XEON_FLAGS = {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}
 OLD_CPU_FLAGS = {"avx2", "avx512f"}  # AVX-512 without bfloat16 dot products
 
 
-@pytest.mark.parametrize("model, flags, gpu, expect", [
-    ("cnn_small", XEON_FLAGS, None, "mixed_bfloat16"),
-    ("resnet9", {"avx512_bf16"}, None, "mixed_bfloat16"),
-    ("cnn_small", OLD_CPU_FLAGS, None, "float32"),
-    ("mlp", XEON_FLAGS, None, "float32"),                  # memory-bound: bfloat16 gains nothing there (measured)
-    ("mobilenet_v3_small", XEON_FLAGS, None, "float32"),   # depthwise convolutions: slower in bfloat16 on a CPU
-    ("efficientnet_b0", XEON_FLAGS, None, "float32"),
-    ("resnet50_v2", XEON_FLAGS, None, "mixed_bfloat16"),
-    ("cnn_small", set(), ("NVIDIA H200", 9.0), "mixed_bfloat16"),
-    ("mobilenet_v3_small", set(), ("NVIDIA A100", 8.0), "mixed_bfloat16"),  # the CPU exception is for CPUs
-    ("cnn_small", set(), ("Tesla V100", 7.0), "mixed_float16"),
-    ("cnn_small", XEON_FLAGS, ("Tesla K80", 3.7), "float32"),
-])
+@pytest.mark.parametrize(
+    "model, flags, gpu, expect",
+    [
+        ("cnn_small", XEON_FLAGS, None, "mixed_bfloat16"),
+        ("resnet9", {"avx512_bf16"}, None, "mixed_bfloat16"),
+        ("cnn_small", OLD_CPU_FLAGS, None, "float32"),
+        ("mlp", XEON_FLAGS, None, "float32"),  # memory-bound: bfloat16 gains nothing there (measured)
+        ("mobilenet_v3_small", XEON_FLAGS, None, "float32"),  # depthwise convolutions: slower in bfloat16 on a CPU
+        ("efficientnet_b0", XEON_FLAGS, None, "float32"),
+        ("resnet50_v2", XEON_FLAGS, None, "mixed_bfloat16"),
+        ("cnn_small", set(), ("NVIDIA H200", 9.0), "mixed_bfloat16"),
+        ("mobilenet_v3_small", set(), ("NVIDIA A100", 8.0), "mixed_bfloat16"),  # the CPU exception is for CPUs
+        ("cnn_small", set(), ("Tesla V100", 7.0), "mixed_float16"),
+        ("cnn_small", XEON_FLAGS, ("Tesla K80", 3.7), "float32"),
+    ],
+)
 def test_auto_chooses_per_hardware_and_model_and_says_why(model, flags, gpu, expect):
     policy, why = choose(model, flags, gpu)
     assert policy == expect
     assert why and (gpu is None or gpu[0] in why)
 
 
-@pytest.mark.parametrize("images, batch", [(54000, 128), (3200, 128), (3199, 64), (900, 32), (400, 16), (30, 16), (10, 10)])
+@pytest.mark.parametrize(
+    "images, batch", [(54000, 128), (3200, 128), (3199, 64), (900, 32), (400, 16), (30, 16), (10, 10)]
+)
 def test_auto_batch_gives_an_epoch_25_steps_from_128_down_to_16_or_the_whole_set(images, batch):
     assert auto_batch(images)[0] == batch
 
@@ -46,8 +52,11 @@ def test_a_set_batch_size_is_kept_and_auto_resumes_with_what_the_run_chose(tmp_p
 
 def test_an_explicit_precision_is_kept():
     cfg, record = resolve(make_config(dataset="mnist", precision="float32"))
-    assert cfg.precision == "float32" and record == {"asked": "float32", "chosen": "float32",
-                                                     "why": "set in the config"}
+    assert cfg.precision == "float32" and record == {
+        "asked": "float32",
+        "chosen": "float32",
+        "why": "set in the config",
+    }
 
 
 def test_an_unfinished_run_resumes_in_the_precision_it_started_with(tmp_path):

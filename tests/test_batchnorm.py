@@ -1,4 +1,5 @@
 """The fused BatchNormalization path trains the same model as Keras' own and leaves plain Keras layers behind."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +7,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from imgtrain.batchnorm import fused_batchnorm  # noqa: E402
+from imgtrain.training.batchnorm import fused_batchnorm  # noqa: E402
 
 
 def bn_model(dense: bool = False):
@@ -14,9 +15,14 @@ def bn_model(dense: bool = False):
     if dense:  # 2-D input: not the fused kernel's case, Keras' path must run
         body = [keras.layers.Flatten(), keras.layers.Dense(16), keras.layers.BatchNormalization()]
     else:
-        body = [keras.layers.Conv2D(8, 3), keras.layers.BatchNormalization(momentum=0.5),
-                keras.layers.ReLU(), keras.layers.Conv2D(8, 3, use_bias=False),
-                keras.layers.BatchNormalization(center=False), keras.layers.Flatten()]
+        body = [
+            keras.layers.Conv2D(8, 3),
+            keras.layers.BatchNormalization(momentum=0.5),
+            keras.layers.ReLU(),
+            keras.layers.Conv2D(8, 3, use_bias=False),
+            keras.layers.BatchNormalization(center=False),
+            keras.layers.Flatten(),
+        ]
     model = keras.Sequential([keras.layers.Input((10, 10, 3)), *body, keras.layers.Dense(4, activation="softmax")])
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy", jit_compile=False)
     return model
@@ -41,7 +47,7 @@ def test_fused_training_matches_keras(dense):
     fused_model, _ = trained(True, dense)
     names = [w.path for w in keras_model.weights]
     assert any("moving_variance" in n for n in names)
-    for name, a, b in zip(names, keras_model.get_weights(), fused_model.get_weights()):
+    for name, a, b in zip(names, keras_model.get_weights(), fused_model.get_weights(), strict=True):
         np.testing.assert_allclose(b, a, rtol=2e-4, atol=2e-5, err_msg=name)  # 8 steps of SGD, moving stats too
     np.testing.assert_allclose(fused_model.predict(x, verbose=0), keras_model.predict(x, verbose=0), atol=1e-5)
 
@@ -52,8 +58,7 @@ def test_layers_stay_plain_keras(tmp_path):
     assert keras.layers.BatchNormalization.call is keras_call  # restored when the block ends
     path = tmp_path / "m.keras"
     model.save(path)
-    layers = [layer for layer in keras.models.load_model(path).layers
-              if type(layer) is keras.layers.BatchNormalization]
+    layers = [layer for layer in keras.models.load_model(path).layers if type(layer) is keras.layers.BatchNormalization]
     assert len(layers) == 2
 
 
@@ -85,8 +90,12 @@ def nested_model():
     body = keras.Model(i, h, name="backbone")
     for layer in body.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
-            for var, (lo, hi) in ((layer.moving_mean, (-1, 1)), (layer.moving_variance, (0.3, 3)),
-                                  (layer.gamma, (0.5, 1.5)), (layer.beta, (-0.5, 0.5))):
+            for var, (lo, hi) in (
+                (layer.moving_mean, (-1, 1)),
+                (layer.moving_variance, (0.3, 3)),
+                (layer.gamma, (0.5, 1.5)),
+                (layer.beta, (-0.5, 0.5)),
+            ):
                 if var is not None:
                     var.assign(rng.uniform(lo, hi, var.shape))
     inputs = keras.Input((12, 12, 3))
@@ -98,8 +107,12 @@ def nested_model():
 
 
 def _statistics(body):
-    return [np.asarray(v) for layer in body.layers if isinstance(layer, keras.layers.BatchNormalization)
-            for v in (layer.moving_mean, layer.moving_variance)]
+    return [
+        np.asarray(v)
+        for layer in body.layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+        for v in (layer.moving_mean, layer.moving_variance)
+    ]
 
 
 def test_a_part_called_with_training_false_keeps_its_statistics_and_folds_into_its_convolutions():
@@ -110,11 +123,12 @@ def test_a_part_called_with_training_false_keeps_its_statistics_and_folds_into_i
     and plain Keras layers afterwards."""
     import tensorflow as tf
 
-    from imgtrain.batchnorm import _FOLDED, frozen_statistics
+    from imgtrain.training.batchnorm import _FOLDED, frozen_statistics
 
     model, body, head, x, y = nested_model()
-    keras_calls = [cls.call for cls in (keras.layers.Conv2D, keras.layers.DepthwiseConv2D,
-                                        keras.layers.BatchNormalization)]
+    keras_calls = [
+        cls.call for cls in (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.BatchNormalization)
+    ]
     xt = tf.constant(x)
     with tf.GradientTape() as tape:  # the reference: the part itself called in inference mode
         loss = tf.reduce_sum(head(body(xt, training=False)) * [1.0, -2.0, 0.5])
@@ -125,13 +139,18 @@ def test_a_part_called_with_training_false_keeps_its_statistics_and_folds_into_i
             out = model(xt, training=True)
             loss = tf.reduce_sum(out * [1.0, -2.0, 0.5])
         np.testing.assert_allclose(np.asarray(out), want, rtol=1e-5, atol=1e-6)
-        for got, ref, var in zip(tape.gradient(loss, model.trainable_variables), reference, model.trainable_variables):
+        for got, ref, var in zip(
+            tape.gradient(loss, model.trainable_variables), reference, model.trainable_variables, strict=True
+        ):
             np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-4, atol=1e-5, err_msg=var.path)
         before, weights = _statistics(body), [np.asarray(w) for w in body.trainable_weights]
         model.fit(x, y, batch_size=8, epochs=1, verbose=0)
-        assert all(np.array_equal(a, b) for a, b in zip(_statistics(body), before))
-        assert all(np.abs(np.asarray(w) - w0).max() > 1e-4 for w, w0 in zip(body.trainable_weights, weights))
-    assert [cls.call for cls in (keras.layers.Conv2D, keras.layers.DepthwiseConv2D,
-                                 keras.layers.BatchNormalization)] == keras_calls and not len(_FOLDED)
+        assert all(np.array_equal(a, b) for a, b in zip(_statistics(body), before, strict=True))
+        assert all(
+            np.abs(np.asarray(w) - w0).max() > 1e-4 for w, w0 in zip(body.trainable_weights, weights, strict=True)
+        )
+    assert [
+        cls.call for cls in (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.BatchNormalization)
+    ] == keras_calls and not len(_FOLDED)
     model.fit(x, y, batch_size=8, epochs=1, verbose=0)  # plain Keras again: its statistics move (Keras' override)
-    assert not all(np.array_equal(a, b) for a, b in zip(_statistics(body), before))
+    assert not all(np.array_equal(a, b) for a, b in zip(_statistics(body), before, strict=True))

@@ -1,13 +1,14 @@
 """The bench command. Timings never gate a test: the quick bench checks that it runs, derives its figures from
 what it measured and writes them into its tables. (First in the file order, so that `make test`'s two workers
 start this, the longest test, at once.)"""
+
 import json
 import statistics
 
 import pytest
 from conftest import run_cli
 
-from imgtrain.auto import auto_batch, choose, cpu_info
+from imgtrain.core.auto import auto_batch, choose, cpu_info
 
 
 def _cells(table: str, first: str) -> list[str]:
@@ -26,17 +27,19 @@ def test_bench_quick_runs_and_writes_its_tables(tmp_path):
     """Timings never gate a test, but how the bench derives and tabulates them can be wrong: each rate is the images
     over the median of the epochs after the first, each ratio is the two rates it names, the FLOP counts are those
     of the seed models (worked out by hand below), and the markdown table shows the JSON's figures."""
-    proc = run_cli("bench", "--quick", "--section", "training", "--section", "folder", "--out", tmp_path / "b",
-                   timeout=600)
+    proc = run_cli(
+        "bench", "--quick", "--section", "training", "--section", "folder", "--out", tmp_path / "b", timeout=600
+    )
     result = json.loads((tmp_path / "b" / "results.json").read_text())
     table = (tmp_path / "b" / "results.md").read_text()
     assert table.strip() in proc.stdout and result["quick"] and "quick mode" in table and "transfer" not in result
     # forward FLOPs (a multiply-add counts 2), times 3 for a training step. seed000: conv 28x28x9x1x32, conv
     # 14x14x9x32x64, dense 3136x256, 256x10. seed004 ('valid' convs): 26x26x9x1x32, 11x11x9x32x64, 3x3x9x64x128,
     # dense 128x64, 64x10. Dogs-vs-Cats at 128x128x3: 126x126x27x32, 61x61x9x32x64, 28x28x9x64x128, 25088x512, 512x2.
-    mflop = {"seed000": 3 * 2 * (28 * 28 * 9 * 32 + 14 * 14 * 9 * 32 * 64 + 3136 * 256 + 256 * 10) / 1e6,
-             "seed004": 3 * 2 * (26 * 26 * 9 * 32 + 11 * 11 * 9 * 32 * 64 + 3 * 3 * 9 * 64 * 128 + 128 * 64
-                                 + 64 * 10) / 1e6}
+    mflop = {
+        "seed000": 3 * 2 * (28 * 28 * 9 * 32 + 14 * 14 * 9 * 32 * 64 + 3136 * 256 + 256 * 10) / 1e6,
+        "seed004": 3 * 2 * (26 * 26 * 9 * 32 + 11 * 11 * 9 * 32 * 64 + 3 * 3 * 9 * 64 * 128 + 128 * 64 + 64 * 10) / 1e6,
+    }
     for job, dataset in (("seed000", "mnist"), ("seed004", "fashion_mnist")):
         p = result["training"][job]
         a, b, inf = p["seed"], p["imgtrain"], p["inference"]
@@ -65,36 +68,56 @@ def test_bench_quick_runs_and_writes_its_tables(tmp_path):
         assert _num(alone) == pytest.approx(b["step_only_images_per_s"], abs=0.5)
         assert _num(times.rstrip(")")) == pytest.approx(p["step_only_speedup"], abs=0.005)
         assert [float(v) for v in row[5].split("/")] == pytest.approx(
-            [a["test_accuracy"], c["test_accuracy"], b["test_accuracy"]], abs=5e-5)
+            [a["test_accuracy"], c["test_accuracy"], b["test_accuracy"]], abs=5e-5
+        )
         assert [_num(v) for v in row[6].split("/")] == pytest.approx(
-            [100 * a["peak_fraction"], 100 * b["peak_fraction"]], abs=0.5)
+            [100 * a["peak_fraction"], 100 * b["peak_fraction"]], abs=0.5
+        )
         assert [_num(v) for v in row[7].split("/")] == pytest.approx(
-            [inf["seed_images_per_s"], inf["imgtrain_images_per_s"]], abs=0.5)
+            [inf["seed_images_per_s"], inf["imgtrain_images_per_s"]], abs=0.5
+        )
     # seed 000 learns in 2 quick epochs; seed 004's BatchNorm moving averages need more steps than quick mode has
     pair = result["training"]["seed000"]
     assert pair["seed"]["test_accuracy"] > 0.8 and pair["imgtrain"]["test_accuracy"] > 0.8
     folder = result["folder"]
     assert folder["images"] == 600 and folder["size"] == [128, 128]
     assert folder["train_mflop_per_image"] == pytest.approx(
-        3 * 2 * (126 * 126 * 27 * 32 + 61 * 61 * 9 * 32 * 64 + 28 * 28 * 9 * 64 * 128 + 25088 * 512 + 512 * 2) / 1e6)
-    for label, key in (("seed `ImageDataGenerator` (one epoch)", "seed_imagedatagenerator_images_per_s"),
-                       ("imgtrain first epoch (decode at reduced size, threads)", "imgtrain_first_epoch_images_per_s"),
-                       ("imgtrain next run (uint8 cache by path, size, mtime)", "imgtrain_cached_load_images_per_s"),
-                       ("imgtrain later epochs (uint8 batches in memory + seed 004's augmentation layers on each "
-                        "batch)", "imgtrain_later_epoch_images_per_s")):
+        3 * 2 * (126 * 126 * 27 * 32 + 61 * 61 * 9 * 32 * 64 + 28 * 28 * 9 * 64 * 128 + 25088 * 512 + 512 * 2) / 1e6
+    )
+    for label, key in (
+        ("seed `ImageDataGenerator` (one epoch)", "seed_imagedatagenerator_images_per_s"),
+        ("imgtrain first epoch (decode at reduced size, threads)", "imgtrain_first_epoch_images_per_s"),
+        ("imgtrain next run (uint8 cache by path, size, mtime)", "imgtrain_cached_load_images_per_s"),
+        (
+            "imgtrain later epochs (uint8 batches in memory + seed 004's augmentation layers on each batch)",
+            "imgtrain_later_epoch_images_per_s",
+        ),
+    ):
         assert _num(_cells(table, label)[0]) == pytest.approx(folder[key], abs=0.5)
     dogs = next(line for line in table.splitlines() if line.startswith("| training, Dogs-vs-Cats CNN"))
     assert "batch 64 both" in dogs
     seed_rate, ours = dogs.strip("| ").rsplit("|", 1)[1].split("→")
     assert [_num(seed_rate), _num(ours)] == pytest.approx(
-        [folder["seed_train_images_per_s"], folder["imgtrain_train_images_per_s"]], abs=0.5)
+        [folder["seed_train_images_per_s"], folder["imgtrain_train_images_per_s"]], abs=0.5
+    )
     assert f"{folder['train_mflop_per_image']:.0f} MFLOP/img" in dogs
     assert f"{result['matmul_gflops']['float32']:.0f} GFLOP/s float32" in table
     assert result["peak_rss_mib"] > 100 and f"{result['peak_rss_mib']:,.0f} MiB" in table
 
     # the transfer section alone, into the same folder: it adds its table and keeps the others as they were
-    run_cli("bench", "--quick", "--section", "transfer", "--section", "explain", "--section", "process",
-            "--out", tmp_path / "b", timeout=900)
+    run_cli(
+        "bench",
+        "--quick",
+        "--section",
+        "transfer",
+        "--section",
+        "explain",
+        "--section",
+        "process",
+        "--out",
+        tmp_path / "b",
+        timeout=900,
+    )
     again = json.loads((tmp_path / "b" / "results.json").read_text())
     assert again["training"] == result["training"] and again["folder"] == result["folder"]
     assert again["date"] == result["date"] and again["matmul_gflops"] == result["matmul_gflops"]
@@ -121,7 +144,7 @@ def _check_process(p: dict, table: str) -> None:
         assert (note["precision"], note["batch_size"]) == ("float32", note_batch)
         batch = auto_batch(2700)[0]  # quick mode: 3,000 training images, 10 % held out for validation
         assert (ours["precision"], ours["batch_size"]) == (like["precision"], like["batch_size"]) == (chosen, batch)
-        assert note["command"].startswith(f"python -m imgtrain.notes {job} --epochs 1")
+        assert note["command"].startswith(f"python -m imgtrain.bench.notes {job} --epochs 1")
         assert ours["command"].startswith("imgtrain train --epochs 1 --dataset") and model in ours["command"]
         assert like["command"] == note["command"] + " --like-imgtrain"
         for side in (ours, like):
@@ -134,7 +157,8 @@ def _check_process(p: dict, table: str) -> None:
         assert _num(row[1]) == pytest.approx(ours["median_wall_s"], abs=0.05)
         assert _num(row[2]) == pytest.approx(ours["speedup"], abs=0.005)
         assert [float(v) for v in row[4].split("/")] == pytest.approx(
-            [note["median_test_accuracy"], ours["median_test_accuracy"], like["median_test_accuracy"]], abs=5e-5)
+            [note["median_test_accuracy"], ours["median_test_accuracy"], like["median_test_accuracy"]], abs=5e-5
+        )
         assert row[5] == f"{chosen}, batch {batch}"
 
 
@@ -144,8 +168,10 @@ def _check_transfer(t: dict, table: str) -> None:
     features to it, and the table shows these figures."""
     n = 128
     assert (t["backbone"], t["images"], t["size"], t["batch_size"]) == ("mobilenet_v3_small", n, [96, 96], 64)
-    later = {side: {k: statistics.median(t[side][f"{k}_epoch_s"][1:]) for k in ("frozen", "tune")}
-             for side in ("guide", "float32", "mixed_bfloat16")}
+    later = {
+        side: {k: statistics.median(t[side][f"{k}_epoch_s"][1:]) for k in ("frozen", "tune")}
+        for side in ("guide", "float32", "mixed_bfloat16")
+    }
     for side in ("guide", "float32", "mixed_bfloat16"):
         s = t[side]
         # the guide's fine-tune: its first epoch, then one before and one after imgtrain float32's run
@@ -157,18 +183,24 @@ def _check_transfer(t: dict, table: str) -> None:
     for side in ("float32", "mixed_bfloat16"):
         s = t[side]
         assert s["feature_values"] == 576  # MobileNetV3Small's last convolution, pooled
-        assert s["first_frozen_s"] == pytest.approx(n / t["decode_images_per_s"] + s["features_s"]
-                                                    + s["frozen_epoch_s"][0], rel=1e-12)
+        assert s["first_frozen_s"] == pytest.approx(
+            n / t["decode_images_per_s"] + s["features_s"] + s["frozen_epoch_s"][0], rel=1e-12
+        )
     frozen = _cells(table, "frozen stage, later epochs img/s")
     tune = _cells(table, "fine-tune stage img/s")
     assert _num(frozen[0]) == pytest.approx(t["guide"]["frozen_images_per_s"], abs=0.5)
     assert _num(tune[0]) == pytest.approx(t["guide"]["tune_images_per_s"], abs=0.05)
-    for cell, speed, side in ((frozen[1], "frozen", "float32"), (frozen[2], "frozen", "mixed_bfloat16"),
-                              (tune[1], "tune", "float32"), (tune[2], "tune", "mixed_bfloat16")):
+    for cell, speed, side in (
+        (frozen[1], "frozen", "float32"),
+        (frozen[2], "frozen", "mixed_bfloat16"),
+        (tune[1], "tune", "float32"),
+        (tune[2], "tune", "mixed_bfloat16"),
+    ):
         rate, times = cell.split(" (")
         assert _num(rate) == pytest.approx(t[side][f"{speed}_images_per_s"], abs=0.5)
-        assert _num(times.rstrip(")")) == pytest.approx(t[side][f"{speed}_speedup"], abs=0.5 if speed == "frozen"
-                                                         else 0.005)
+        assert _num(times.rstrip(")")) == pytest.approx(
+            t[side][f"{speed}_speedup"], abs=0.5 if speed == "frozen" else 0.005
+        )
     rss = t["peak_rss"]
     assert rss["images"] == 600 and rss["streamed"] is False and rss["peak_rss_mib"] > 100
     assert f"peak RSS {rss['peak_rss_mib']:,.0f} MiB" in table and f"{t['decode_images_per_s']:,.0f} img/s" in table
@@ -177,5 +209,6 @@ def _check_transfer(t: dict, table: str) -> None:
 def test_bench_refuses_an_unknown_section_in_one_line_before_measuring(tmp_path):
     proc = run_cli("bench", "--section", "transfr", "--out", tmp_path / "b", check=False)
     assert proc.returncode == 2 and not (tmp_path / "b").exists()
-    assert proc.stderr.strip() == ("error: unknown bench section 'transfr'; known: training, folder, transfer, explain, "
-                                   "process")
+    assert proc.stderr.strip() == (
+        "error: unknown bench section 'transfr'; known: training, folder, transfer, explain, process"
+    )

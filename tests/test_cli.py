@@ -3,7 +3,6 @@ import io
 import json
 
 import pytest
-
 from conftest import run_cli, write_pngs
 
 
@@ -36,8 +35,8 @@ def test_evaluate_prints_a_table_and_writes_json(mnist_run):
     import numpy as np
 
     from imgtrain import load_dataset
-    from imgtrain.evaluate import predict_arrays
-    from imgtrain.saving import load_model
+    from imgtrain.analysis.evaluate import predict_arrays
+    from imgtrain.core.saving import load_model
 
     model, _ = load_model(out)
     test = load_dataset("mnist", val_split=0).test
@@ -71,24 +70,44 @@ def test_predict_names_classes_in_three_formats(mnist_run, mnist_pngs):
     right = sum(r["top"][0]["class"] == truth[r["file"].rsplit("/", 1)[1]] for r in rows)
     assert right >= 38
     assert all(r["top"][0]["probability"] >= r["top"][1]["probability"] for r in rows)
-    table = run_cli("predict", out / "best.keras", folder / "7" / next(iter(sorted(p.name for p in (folder / "7").iterdir())))).stdout
+    table = run_cli(
+        "predict", out / "best.keras", folder / "7" / next(iter(sorted(p.name for p in (folder / "7").iterdir())))
+    ).stdout
     assert "rank" in table and "probability" in table
     parsed = list(csv.DictReader(io.StringIO(run_cli("predict", out, folder, "--format", "csv", "-k", "1").stdout)))
     assert len(parsed) == 40 and set(parsed[0]) == {"file", "rank", "class", "index", "probability", "error", "note"}
 
 
-@pytest.mark.parametrize("args, expect", [
-    (["train", "--dataset", "mnsit"], "error: unknown dataset 'mnsit'; known: cifar10[:PATH], csv:FILE, fashion_mnist, folder:PATH, mnist"),
-    (["train", "--model", "cnn_bm"], "error: unknown model 'cnn_bm'; known: cnn3, cnn_bn, cnn_small, convnext_tiny, efficientnet_b0, "
-                                  "efficientnet_v2_b0, mlp, mobilenet_v3_large, mobilenet_v3_small, resnet50_v2, resnet9"),
-    (["train", "--epochs", "-2"], "error: config epochs: Input should be greater than 0 (got -2)"),
-    (["train", "--optimizer", "adamax"], "error: config optimizer: Input should be 'adam', 'adamw', 'sgd' or 'rmsprop'"),
-    (["train", "--set", "epochz=3"], "error: unknown config key 'epochz'; valid keys: dataset, model"),
-    (["train", "--backend", "theano"], "error: config backend: Input should be 'tensorflow' or 'jax'"),
-    (["train", "--backend", "torch"], "error: config backend: Input should be 'tensorflow' or 'jax'"),  # not installed
-    (["evaluate", "no/such/run"], "error: no/such/run: no such run directory or model file"),
-    (["predict", "no/such/model.keras", "x.png"], "error: no/such/model.keras: no such run directory or model file"),
-])
+@pytest.mark.parametrize(
+    "args, expect",
+    [
+        (
+            ["train", "--dataset", "mnsit"],
+            "error: unknown dataset 'mnsit'; known: cifar10[:PATH], csv:FILE, fashion_mnist, folder:PATH, mnist",
+        ),
+        (
+            ["train", "--model", "cnn_bm"],
+            "error: unknown model 'cnn_bm'; known: cnn3, cnn_bn, cnn_small, convnext_tiny, efficientnet_b0, "
+            "efficientnet_v2_b0, mlp, mobilenet_v3_large, mobilenet_v3_small, resnet50_v2, resnet9",
+        ),
+        (["train", "--epochs", "-2"], "error: config epochs: Input should be greater than 0 (got -2)"),
+        (
+            ["train", "--optimizer", "adamax"],
+            "error: config optimizer: Input should be 'adam', 'adamw', 'sgd' or 'rmsprop'",
+        ),
+        (["train", "--set", "epochz=3"], "error: unknown config key 'epochz'; valid keys: dataset, model"),
+        (["train", "--backend", "theano"], "error: config backend: Input should be 'tensorflow' or 'jax'"),
+        (
+            ["train", "--backend", "torch"],
+            "error: config backend: Input should be 'tensorflow' or 'jax'",
+        ),  # not installed
+        (["evaluate", "no/such/run"], "error: no/such/run: no such run directory or model file"),
+        (
+            ["predict", "no/such/model.keras", "x.png"],
+            "error: no/such/model.keras: no such run directory or model file",
+        ),
+    ],
+)
 def test_bad_input_is_one_line_and_exits_nonzero(args, expect, tmp_path):
     proc = run_cli(*args, "--out", tmp_path / "r", check=False) if args[0] == "train" else run_cli(*args, check=False)
     assert proc.returncode == 2
@@ -100,8 +119,9 @@ def test_bad_input_is_one_line_and_exits_nonzero(args, expect, tmp_path):
 def test_bad_config_file_value(tmp_path):
     (tmp_path / "c.yaml").write_text("dataset: mnist\nbatch_size: lots\n")
     proc = run_cli("train", "--config", tmp_path / "c.yaml", check=False)
-    assert proc.returncode == 2 and proc.stderr.strip() == ("error: config batch_size: 'auto' or a whole number above 0 "
-                                                           "(got 'lots')")
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        "error: config batch_size: 'auto' or a whole number above 0 (got 'lots')"
+    )
 
 
 def test_listings():
@@ -122,8 +142,7 @@ def test_sample_images_writes_real_test_images_that_predict_reads(mnist_run, tmp
     proc = run_cli("sample-images", "mnist", tmp_path / "digits", "-n", "5")
     assert proc.stdout.strip() == f"wrote 5 test images of mnist to {tmp_path / 'digits'}"
     names = sorted(p.name for p in (tmp_path / "digits").iterdir())
-    assert names == ["test0-label7.png", "test1-label2.png", "test2-label1.png", "test3-label0.png",
-                     "test4-label4.png"]
+    assert names == ["test0-label7.png", "test1-label2.png", "test2-label1.png", "test3-label0.png", "test4-label4.png"]
     x = load_dataset("mnist", val_split=0).test.x
     assert np.array_equal(np.asarray(Image.open(tmp_path / "digits" / "test3-label0.png")), x[3, ..., 0])
     out, _ = mnist_run
@@ -145,8 +164,10 @@ def test_predict_says_what_it_wrote_and_when_an_image_is_far_from_the_model_inpu
     Image.fromarray(np.zeros((28, 28), np.uint8)).save(digit)
     proc = run_cli("predict", out, photo, digit, "--format", "csv", "-o", tmp_path / "p.csv")
     assert proc.stdout.strip() == f"written: {tmp_path / 'p.csv'} (2 images, 0 skipped)"
-    assert proc.stderr.strip() == (f"note: {photo}: converted from colour to grayscale and resized from 320x240 to "
-                                   "28x28 (the model was trained on 28x28 grayscale images)")
+    assert proc.stderr.strip() == (
+        f"note: {photo}: converted from colour to grayscale and resized from 320x240 to "
+        "28x28 (the model was trained on 28x28 grayscale images)"
+    )
     rows = list(csv.DictReader(open(tmp_path / "p.csv")))
     notes = {r["file"]: r["note"] for r in rows if r["rank"] == "1"}
     assert notes[str(digit)] == "" and notes[str(photo)].startswith("converted from colour to grayscale")

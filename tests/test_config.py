@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from imgtrain.config import TrainConfig, load_config, make_config, save_config
-from imgtrain.errors import ConfigError
+from imgtrain.core.config import TrainConfig, load_config, make_config, save_config
+from imgtrain.core.errors import ConfigError
 
 
 def test_defaults_and_the_demo_job():
@@ -20,17 +20,20 @@ def test_unknown_key_names_the_valid_keys():
     assert "unknown config key 'epochz'" in msg and "epochs" in msg and "\n" not in msg
 
 
-@pytest.mark.parametrize("key, value, expect", [
-    ("epochs", -1, "config epochs: Input should be greater than 0 (got -1)"),
-    ("epochs", "many", "config epochs"),
-    ("optimizer", "adamax", "'adam', 'adamw', 'sgd' or 'rmsprop'"),
-    ("schedule", "linear", "'constant', 'step', 'cosine' or 'onecycle'"),
-    ("val_split", 1.5, "config val_split"),
-    ("channels", 2, "config channels"),
-    ("batch_size", 0, "config batch_size: 'auto' or a whole number above 0 (got 0)"),
-    ("batch_size", "big", "config batch_size: 'auto' or a whole number above 0 (got 'big')"),
-    ("precision", "fp8", "'auto', 'float32', 'mixed_bfloat16' or 'mixed_float16' (got 'fp8')"),
-])
+@pytest.mark.parametrize(
+    "key, value, expect",
+    [
+        ("epochs", -1, "config epochs: Input should be greater than 0 (got -1)"),
+        ("epochs", "many", "config epochs"),
+        ("optimizer", "adamax", "'adam', 'adamw', 'sgd' or 'rmsprop'"),
+        ("schedule", "linear", "'constant', 'step', 'cosine' or 'onecycle'"),
+        ("val_split", 1.5, "config val_split"),
+        ("channels", 2, "config channels"),
+        ("batch_size", 0, "config batch_size: 'auto' or a whole number above 0 (got 0)"),
+        ("batch_size", "big", "config batch_size: 'auto' or a whole number above 0 (got 'big')"),
+        ("precision", "fp8", "'auto', 'float32', 'mixed_bfloat16' or 'mixed_float16' (got 'fp8')"),
+    ],
+)
 def test_bad_values_are_one_line_errors(key, value, expect):
     with pytest.raises(ConfigError) as err:
         make_config(**{key: value})
@@ -49,7 +52,7 @@ def test_file_then_flags_then_assignments(tmp_path):
     cfg = load_config(tmp_path / "a.yaml", {"epochs": 5, "model": None}, ["model_options.dropout=0.1", "seed=7"])
     assert (cfg.epochs, cfg.model, cfg.seed) == (5, "mlp", 7)
     assert cfg.model_options == {"width": 32, "dropout": 0.1}
-    (tmp_path / "b.toml").write_text('epochs = 2\nbatch_size = 64\nimage_size = [32, 32]\n')
+    (tmp_path / "b.toml").write_text("epochs = 2\nbatch_size = 64\nimage_size = [32, 32]\n")
     cfg = load_config(tmp_path / "b.toml")
     assert (cfg.epochs, cfg.batch_size, cfg.image_size) == (2, 64, (32, 32))
 
@@ -76,7 +79,7 @@ def test_bad_files_are_clear(tmp_path):
 def test_docs_list_every_config_key():
     from pathlib import Path
 
-    from imgtrain.config import describe
+    from imgtrain.core.config import describe
 
     doc = (Path(__file__).parents[1] / "docs" / "config.md").read_text()
     assert describe() in doc, "docs/config.md is stale: run `imgtrain config > docs/config.md`"

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from imgtrain.core.errors import DataError, UnknownName
 from imgtrain.data import DATASETS, dataset_names, load_dataset
 from imgtrain.data.cache import data_dir, wait_for_writes
-from imgtrain.errors import DataError, UnknownName
 
 
 def test_mnist_is_the_official_split():
@@ -75,7 +75,9 @@ def _write_cifar(folder, n_train=40, n_test=20, seed=0):
         batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": list(rng.integers(0, 10, n))}
         batch[b"labels"] = [int(v) for v in batch[b"labels"]]
         (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
-    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"airplane", b"car"] + [b"x%d" % i for i in range(8)]}))
+    (folder / "batches.meta").write_bytes(
+        pickle.dumps({b"label_names": [b"airplane", b"car"] + [b"x%d" % i for i in range(8)]})
+    )
     return folder
 
 
@@ -115,8 +117,9 @@ def test_folder_pixels_round_trip(tmp_path, fashion):
 
     write_pngs(tmp_path / "data", fashion.test.x[:30], fashion.test.y[:30], [str(i) for i in range(10)])
     ds = load_dataset(f"folder:{tmp_path / 'data'}", val_split=0, test_split=0)
-    files = [os.path.basename(p) for p in sorted(
-        os.path.join(d, f) for d, _, fs in os.walk(tmp_path / "data") for f in fs)]
+    files = [
+        os.path.basename(p) for p in sorted(os.path.join(d, f) for d, _, fs in os.walk(tmp_path / "data") for f in fs)
+    ]
     assert len(ds.train) == 30 and len(files) == 30
     # each decoded image equals one of the originals exactly (PNG is lossless)
     originals = {fashion.test.x[i].tobytes() for i in range(30)}
@@ -211,10 +214,11 @@ def test_empty_class_folders_are_skipped_not_classes(tmp_path, stream):
     assert ds.class_names == (["ant", "cat", "dud", "eel"] if stream else ["ant", "cat", "eel"])
     assert ds.train.counts(ds.num_classes) == ([6, 6, 1, 6] if stream else [6, 6, 6])
     folders = {os.path.basename(p): r for p, r in ds.skipped.items() if os.path.isdir(p)}
-    assert folders == {"bare": "class folder with no training images (no image files): skipped",
-                       "fig": "class folder with no training images (no image files): skipped",
-                       **({} if stream else
-                          {"dud": "class folder with no training images (1 image file, none decoded): skipped"})}
+    assert folders == {
+        "bare": "class folder with no training images (no image files): skipped",
+        "fig": "class folder with no training images (no image files): skipped",
+        **({} if stream else {"dud": "class folder with no training images (1 image file, none decoded): skipped"}),
+    }
     assert ds.notes == [f"skipped {len(folders)} classes with no training images: {', '.join(sorted(folders))}"]
     if not stream:  # labels re-indexed over the classes kept: label k holds class_names[k]'s pixels
         for k, value in enumerate((10, 100, 200)):
@@ -230,13 +234,19 @@ def test_a_class_with_only_test_images_is_skipped_with_them(tmp_path):
     assert ds.class_names == ["a", "b"] and ds.test.counts(2) == [3, 3] and len(ds.test) == 6
     assert (ds.test.x[ds.test.y == 1] == 100).all()
     assert ds.skipped[str(tmp_path / "train" / "c")].startswith("class folder with no training images")
-    assert {os.path.basename(p) for p, r in ds.skipped.items() if r == "its class 'c' has no training images"} \
-        == {"000.png", "001.png", "002.png"}
+    assert {os.path.basename(p) for p, r in ds.skipped.items() if r == "its class 'c' has no training images"} == {
+        "000.png",
+        "001.png",
+        "002.png",
+    }
     (tmp_path / "train" / "b" / "000.png").write_bytes(b"")  # b left with one file that does not decode
     for i in (1, 2, 3, 4, 5):
         (tmp_path / "train" / "b" / f"{i:03d}.png").unlink()
-    with pytest.raises(DataError, match=r"found one class \(a\) \(skipped, with no training images: b, c\); "
-                                        "a classifier needs two or more"):
+    with pytest.raises(
+        DataError,
+        match=r"found one class \(a\) \(skipped, with no training images: b, c\); "
+        "a classifier needs two or more",
+    ):
         load_dataset(f"folder:{tmp_path}")
 
 
@@ -247,8 +257,15 @@ def test_skipped_class_folder_reaches_the_model_run_json_log_and_report(tmp_path
 
     _class_folders(tmp_path / "data", {"ant": 10, "cat": 100, "eel": 200}, n=10)
     (tmp_path / "data" / "empty_class").mkdir()
-    run = train(dataset=f"folder:{tmp_path / 'data'}", model="mlp", epochs=1, batch_size=8,
-                out=str(tmp_path / "run"), tensorboard=False, verbose="quiet")
+    run = train(
+        dataset=f"folder:{tmp_path / 'data'}",
+        model="mlp",
+        epochs=1,
+        batch_size=8,
+        out=str(tmp_path / "run"),
+        tensorboard=False,
+        verbose="quiet",
+    )
     assert run.model.output_shape[-1] == 3
     data = json.loads((run.run_dir / "run.json").read_text())["data"]
     folder = str(tmp_path / "data" / "empty_class")
@@ -263,8 +280,8 @@ def test_skipped_class_folder_reaches_the_model_run_json_log_and_report(tmp_path
 def test_streamed_predictions_line_up_when_whole_batches_are_undecodable(tmp_path):
     """Batches of 4 over 13 test files: the second batch and the last (one file) hold only bad files. Keras'
     predict over ImageBatches would borrow good images there and return rows that no position owns."""
+    from imgtrain.analysis.evaluate import predict_probs
     from imgtrain.data.images import decode
-    from imgtrain.evaluate import predict_probs
     from imgtrain.models import build_model
 
     rng = np.random.default_rng(0)

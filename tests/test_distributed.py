@@ -1,5 +1,6 @@
 """Data-parallel training for real on one machine: two `imgtrain train` processes joined over a localhost port, and
 two virtual CPU devices in one process (XLA's host device count), against a one-process run of the same config."""
+
 import json
 import os
 import re
@@ -12,11 +13,28 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import IMGTRAIN, ROOT, free_port, run_cli
 
-ARGS = ["train", "--dataset", "mnist", "--model", "mlp", "--epochs", "2", "--train-limit", "4000", "--batch-size",
-        "64", "--backend", "jax", "--no-report", "--set", "tensorboard=false", "--set", "test_limit=2000"]
+ARGS = [
+    "train",
+    "--dataset",
+    "mnist",
+    "--model",
+    "mlp",
+    "--epochs",
+    "2",
+    "--train-limit",
+    "4000",
+    "--batch-size",
+    "64",
+    "--backend",
+    "jax",
+    "--no-report",
+    "--set",
+    "tensorboard=false",
+    "--set",
+    "test_limit=2000",
+]
 DP = ["--distribute", "data-parallel"]
 TWO_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
 
@@ -34,8 +52,16 @@ def single(tmp_path_factory):
 
 def start_job(out, port: int) -> list[subprocess.Popen]:
     job = [*ARGS, *DP, "--num-processes", "2", "--coordinator", f"127.0.0.1:{port}", "--out", str(out)]
-    return [subprocess.Popen([*IMGTRAIN, *job, "--process-id", str(i)], cwd=ROOT, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+    return [
+        subprocess.Popen(
+            [*IMGTRAIN, *job, "--process-id", str(i)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in (0, 1)
+    ]
 
 
 def wait_for(path, procs, timeout=300):
@@ -76,12 +102,18 @@ def test_the_run_directory_is_written_once_by_process_0(two_processes):
     out, stdouts = two_processes
     assert f"run directory: {out}" in stdouts[0] and "test accuracy" in stdouts[0]
     last = stdouts[1].strip().splitlines()[-1]
-    assert re.fullmatch(r"done; peak RSS of this process [\d,]+ MiB; process 0 writes the run directory: "
-                        + re.escape(str(out)), last), last
+    assert re.fullmatch(
+        r"done; peak RSS of this process [\d,]+ MiB; process 0 writes the run directory: " + re.escape(str(out)), last
+    ), last
     info = read(out, "run.json")
     assert info["status"] == "done" and info["versions"]["backend"] == "jax"
-    assert info["distribution"] == {"distribute": "data-parallel", "num_processes": 2, "devices": 2,
-                                    "global_batch": 64, "per_process_batch": 32}
+    assert info["distribution"] == {
+        "distribute": "data-parallel",
+        "num_processes": 2,
+        "devices": 2,
+        "global_batch": 64,
+        "per_process_batch": 32,
+    }
     log = (out / "train.log").read_text()  # the first start and the resumed one, each written by process 0 alone
     assert log.count("data-parallel: 2 processes, 2 devices") == 2 and log.count(" done: ") == 1
     assert (out / "history.csv").read_text().count("\n") == 3  # header + 2 epochs, written by one process
@@ -93,22 +125,36 @@ def test_two_virtual_devices_give_the_weights_of_two_processes_killed_and_resume
     weights, which also shows that the killed and resumed two-process run ended as an uninterrupted one."""
     out = tmp_path / "run"
     run_cli(*ARGS, *DP, "--out", out, env=TWO_DEVICES)
-    assert read(out, "run.json")["distribution"] == {"distribute": "data-parallel", "num_processes": 1, "devices": 2,
-                                                     "global_batch": 64, "per_process_batch": 64}
+    assert read(out, "run.json")["distribution"] == {
+        "distribute": "data-parallel",
+        "num_processes": 1,
+        "devices": 2,
+        "global_batch": 64,
+        "per_process_batch": 64,
+    }
     two = two_processes[0]
     assert read(two, "run.json")["resumed"] == [1]
     assert read(out, "metrics.json")["weights_sha256"] == read(two, "metrics.json")["weights_sha256"]
     assert (out / "history.csv").read_text().split("\n")[0] == (two / "history.csv").read_text().split("\n")[0]
 
 
-@pytest.mark.parametrize("args, env, expect", [
-    (["--backend", "tensorflow"], {}, "error: distribute 'data-parallel' runs on backend 'jax' (got 'tensorflow')"),
-    (["--batch-size", "63"], TWO_DEVICES, "error: batch_size 63 does not split over 2 devices (1 process); "
-                                          "use a multiple of 2, e.g. 62 or 64"),
-    (["--num-processes", "2", "--process-id", "2"], {}, "error: process_id 2 is not below num_processes 2; "
-                                                        "valid: 0 to 1"),
-    (["--num-processes", "2"], {}, "error: num_processes 2 needs coordinator HOST:PORT"),
-])
+@pytest.mark.parametrize(
+    "args, env, expect",
+    [
+        (["--backend", "tensorflow"], {}, "error: distribute 'data-parallel' runs on backend 'jax' (got 'tensorflow')"),
+        (
+            ["--batch-size", "63"],
+            TWO_DEVICES,
+            "error: batch_size 63 does not split over 2 devices (1 process); use a multiple of 2, e.g. 62 or 64",
+        ),
+        (
+            ["--num-processes", "2", "--process-id", "2"],
+            {},
+            "error: process_id 2 is not below num_processes 2; valid: 0 to 1",
+        ),
+        (["--num-processes", "2"], {}, "error: num_processes 2 needs coordinator HOST:PORT"),
+    ],
+)
 def test_mistakes_are_one_line_errors(tmp_path, args, env, expect):
     proc = run_cli(*ARGS, *DP, *args, "--out", tmp_path / "run", env=env, check=False)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(expect), proc.stderr[-2000:]
@@ -120,11 +166,23 @@ def test_a_coordinator_port_in_use_is_a_one_line_error(tmp_path):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        proc = run_cli(*ARGS, *DP, "--num-processes", "2", "--process-id", "0", "--coordinator", f"127.0.0.1:{port}",
-                       "--out", tmp_path / "run", check=False)
+        proc = run_cli(
+            *ARGS,
+            *DP,
+            "--num-processes",
+            "2",
+            "--process-id",
+            "0",
+            "--coordinator",
+            f"127.0.0.1:{port}",
+            "--out",
+            tmp_path / "run",
+            check=False,
+        )
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == (
         f"error: process 0 cannot listen on port {port} as the coordinator: Address already in use; choose another "
-        "port in --coordinator")
+        "port in --coordinator"
+    )
     assert not (tmp_path / "run").exists()
 
 
@@ -146,8 +204,8 @@ def test_process_shards_make_up_the_one_process_batches():
 
 
 def test_the_job_shape_comes_from_flags_then_the_engines_variables(monkeypatch):
-    from imgtrain.config import make_config
-    from imgtrain.distributed import resolve
+    from imgtrain.core.config import make_config
+    from imgtrain.training.cluster import resolve
 
     monkeypatch.setenv("KERAS_DISTRIBUTION_JOB_ADDRESSES", "10.0.0.1:1234,10.0.0.2:2345")
     monkeypatch.setenv("KERAS_DISTRIBUTION_NUM_PROCESSES", "2")
@@ -159,8 +217,8 @@ def test_the_job_shape_comes_from_flags_then_the_engines_variables(monkeypatch):
 
 
 def test_learning_rate_scales_with_the_global_batch_only_when_asked():
-    from imgtrain.config import make_config
-    from imgtrain.schedules import peak_lr
+    from imgtrain.core.config import make_config
+    from imgtrain.training.schedules import peak_lr
 
     cfg = dict(learning_rate=1e-3, batch_size=512, lr_base_batch=128)
     assert peak_lr(make_config(**cfg)) == 1e-3
@@ -169,6 +227,7 @@ def test_learning_rate_scales_with_the_global_batch_only_when_asked():
 
 
 # ----- a folder too large for memory: streamed batches, each process decoding only its shard -----
+
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
@@ -188,14 +247,40 @@ def folder(tmp_path_factory):
 
 
 def streamed(root, out) -> list[str]:
-    return ["train", "--dataset", f"folder:{root}", "--set", "stream=true", "--model", "mlp", "--epochs", "2",
-            "--batch-size", "64", "--backend", "jax", "--no-report", "--set", "tensorboard=false", "--out", str(out)]
+    return [
+        "train",
+        "--dataset",
+        f"folder:{root}",
+        "--set",
+        "stream=true",
+        "--model",
+        "mlp",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "64",
+        "--backend",
+        "jax",
+        "--no-report",
+        "--set",
+        "tensorboard=false",
+        "--out",
+        str(out),
+    ]
 
 
 def start_streamed_job(root, out, port: int) -> list[subprocess.Popen]:
     job = [*streamed(root, out), *DP, "--num-processes", "2", "--coordinator", f"127.0.0.1:{port}"]
-    return [subprocess.Popen([*IMGTRAIN, *job, "--process-id", str(i)], cwd=ROOT, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+    return [
+        subprocess.Popen(
+            [*IMGTRAIN, *job, "--process-id", str(i)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in (0, 1)
+    ]
 
 
 def test_a_streamed_folder_trains_on_two_processes_killed_and_resumed_as_on_two_devices(folder, tmp_path):
@@ -220,11 +305,15 @@ def test_a_streamed_folder_trains_on_two_processes_killed_and_resumed_as_on_two_
     assert two["weights_sha256"] == devices["weights_sha256"]
     assert abs(two["test_accuracy"] - one["test_accuracy"]) <= 0.005 and two["test_images"] == one["test_images"]
     assert two["test_accuracy"] > 0.8
-    peaks = [info["peak_rss_mib"], float(re.search(r"peak RSS of this process ([\d,]+) MiB",
-                                                   results[1][0]).group(1).replace(",", ""))]
+    peaks = [
+        info["peak_rss_mib"],
+        float(re.search(r"peak RSS of this process ([\d,]+) MiB", results[1][0]).group(1).replace(",", "")),
+    ]
     assert all(100 < mib < 4096 for mib in peaks), peaks
-    print(f"peak RSS per process (MiB): {peaks}; test accuracy two processes {two['test_accuracy']:.4f}, "
-          f"one process {one['test_accuracy']:.4f}")
+    print(
+        f"peak RSS per process (MiB): {peaks}; test accuracy two processes {two['test_accuracy']:.4f}, "
+        f"one process {one['test_accuracy']:.4f}"
+    )
 
 
 def test_streamed_shards_make_up_the_one_process_batch_and_replace_a_bad_file(folder):
@@ -234,8 +323,9 @@ def test_streamed_shards_make_up_the_one_process_batch_and_replace_a_bad_file(fo
     split = load_dataset(f"folder:{folder}", stream=True, val_split=0).train
     bad = split.paths.index(str(folder / "train" / "3" / "broken.png"))
     one = ImageBatches(split, (28, 28, 1), 64, shuffle=True, seed=5, epoch=1, shard=(0, 1), multiple=2)
-    two = [ImageBatches(split, (28, 28, 1), 64, shuffle=True, seed=5, epoch=1, shard=(p, 2), multiple=2)
-           for p in (0, 1)]
+    two = [
+        ImageBatches(split, (28, 28, 1), 64, shuffle=True, seed=5, epoch=1, shard=(p, 2), multiple=2) for p in (0, 1)
+    ]
     assert len(one) == len(two[0]) == len(two[1]) == 32 and one.rows_per_pass == 2000  # 2,001 files: 1 trimmed
     b = next(i for i in range(len(one)) if bad in one._shard_rows(i))
     (x0, y0), (x1, y1), (x, y) = two[0][b], two[1][b], one[b]
@@ -268,13 +358,30 @@ def two_hosts():
     if made.returncode:
         pytest.skip(f"ip netns add is not allowed here: {made.stderr.strip()}")
     try:
-        steps = [("ip", "netns", "add", NETNS[1]),
-                 ("ip", "link", "add", "imgtrain-v0", "netns", NETNS[0], "type", "veth", "peer", "name",
-                  "imgtrain-v1", "netns", NETNS[1])]
+        steps = [
+            ("ip", "netns", "add", NETNS[1]),
+            (
+                "ip",
+                "link",
+                "add",
+                "imgtrain-v0",
+                "netns",
+                NETNS[0],
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "imgtrain-v1",
+                "netns",
+                NETNS[1],
+            ),
+        ]
         for i, ns in enumerate(NETNS):
-            steps += [("ip", "-n", ns, "addr", "add", f"{ADDRS[i]}/24", "dev", f"imgtrain-v{i}"),
-                      ("ip", "-n", ns, "link", "set", f"imgtrain-v{i}", "up"),
-                      ("ip", "-n", ns, "link", "set", "lo", "up")]
+            steps += [
+                ("ip", "-n", ns, "addr", "add", f"{ADDRS[i]}/24", "dev", f"imgtrain-v{i}"),
+                ("ip", "-n", ns, "link", "set", f"imgtrain-v{i}", "up"),
+                ("ip", "-n", ns, "link", "set", "lo", "up"),
+            ]
         for step in steps:
             done = _sh(*step)
             assert done.returncode == 0, (step, done.stderr)
@@ -282,8 +389,9 @@ def two_hosts():
         # CPU, tells the others the address its host name resolves to (`ip netns exec` mounts /etc/netns/NS/hosts)
         for ns in NETNS:
             (ETC_NETNS / ns).mkdir(parents=True, exist_ok=True)
-            (ETC_NETNS / ns / "hosts").write_text("127.0.0.1 localhost\n" + "".join(
-                f"{a} {n}\n" for a, n in zip(ADDRS, NETNS)))
+            (ETC_NETNS / ns / "hosts").write_text(
+                "127.0.0.1 localhost\n" + "".join(f"{a} {n}\n" for a, n in zip(ADDRS, NETNS))
+            )
         yield NETNS
     finally:
         for ns in NETNS:
@@ -291,17 +399,39 @@ def two_hosts():
             shutil.rmtree(ETC_NETNS / ns, ignore_errors=True)
 
 
-def test_two_processes_in_two_network_namespaces_train_as_two_processes_on_localhost(two_hosts, two_processes,
-                                                                                     tmp_path):
+def test_two_processes_in_two_network_namespaces_train_as_two_processes_on_localhost(
+    two_hosts, two_processes, tmp_path
+):
     """Process 0 in one namespace listens on 10.77.0.1; process 1 in the other reaches it over the veth pair.
     The weights are those of the localhost pair (itself bit-identical to one process over two devices)."""
     out, port = tmp_path / "run", 29500
     job = [*ARGS, *DP, "--num-processes", "2", "--coordinator", f"{ADDRS[0]}:{port}", "--out", str(out)]
     # in its own UTS namespace too, so that each process has its host's name
-    procs = [subprocess.Popen(["ip", "netns", "exec", ns, "unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"',
-                               ns, *IMGTRAIN, *job, "--process-id", str(i)], cwd=ROOT, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
-             for i, ns in enumerate(two_hosts)]
+    procs = [
+        subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                "unshare",
+                "--uts",
+                "sh",
+                "-c",
+                'hostname "$0" && exec "$@"',
+                ns,
+                *IMGTRAIN,
+                *job,
+                "--process-id",
+                str(i),
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i, ns in enumerate(two_hosts)
+    ]
     results = [p.communicate(timeout=600) for p in procs]
     for p, (stdout, stderr) in zip(procs, results):
         assert p.returncode == 0, f"process exited {p.returncode}\n{stdout[-2000:]}\n{stderr[-3000:]}"

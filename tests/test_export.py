@@ -2,10 +2,11 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import run_cli
-from imgtrain.export import FORMATS, export, precision_of
-from imgtrain.saving import float32_copy
+
+from imgtrain.core.backend import precision_of
+from imgtrain.core.saving import float32_copy
+from imgtrain.ship.export import FORMATS, export
 
 
 def _mnist_test_pngs_decoded(n=64):

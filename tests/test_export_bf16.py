@@ -1,15 +1,16 @@
 """Exports of a mixed_bfloat16 run: the demo recipe (configs/demo.yaml: resnet9, flips, label smoothing, AdamW) at a
 small size, exported to every format and checked like with like: `.keras` against the model as trained, the float32
 formats against the float32 model in Keras, each reloaded here in its own runtime."""
+
 import json
 import warnings
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, run_cli
-from imgtrain.errors import ImgtrainError
-from imgtrain.export import FORMATS, check_images, export
+
+from imgtrain.core.errors import ImgtrainError
+from imgtrain.ship.export import FORMATS, check_images, export
 
 CHECK = 64  # test images each export is checked on
 
@@ -18,8 +19,22 @@ CHECK = 64  # test images each export is checked on
 def demo_run(tmp_path_factory):
     """The demo recipe, 1 epoch on 1,000 Fashion-MNIST images (about 15 s on 2 cores), trained as a user would."""
     out = tmp_path_factory.mktemp("runs") / "demo-bf16"
-    run_cli("train", "--config", ROOT / "configs" / "demo.yaml", "--epochs", "1", "--train-limit", "1000",
-            "--set", "test_limit=200", "--set", "tensorboard=false", "--no-report", "--out", out)
+    run_cli(
+        "train",
+        "--config",
+        ROOT / "configs" / "demo.yaml",
+        "--epochs",
+        "1",
+        "--train-limit",
+        "1000",
+        "--set",
+        "test_limit=200",
+        "--set",
+        "tensorboard=false",
+        "--no-report",
+        "--out",
+        out,
+    )
     return out
 
 
@@ -55,7 +70,7 @@ def _run_in_own_runtime(fmt, path, x):
 
 @pytest.mark.parametrize("fmt", list(FORMATS))
 def test_bfloat16_run_exports_to_every_format(fmt, demo_run, tmp_path):
-    from imgtrain.saving import float32_copy, load_model
+    from imgtrain.core.saving import float32_copy, load_model
 
     info = export(demo_run, fmt, tmp_path, check=CHECK)
     path = tmp_path / ("saved_model" if fmt == "savedmodel" else f"model{FORMATS[fmt]}")
@@ -96,13 +111,17 @@ def test_runtime_failure_is_one_line_and_leaves_nothing(demo_run, tmp_path, monk
     import imgtrain.export as exporting
 
     def broken(fmt, path):  # what ONNX Runtime raised for the bfloat16 demo model before the fix
-        raise RuntimeError("[ONNXRuntimeError] : 10 : INVALID_GRAPH : Load model from x.onnx failed:This is an "
-                           "invalid model.\n  detail on a second line")
+        raise RuntimeError(
+            "[ONNXRuntimeError] : 10 : INVALID_GRAPH : Load model from x.onnx failed:This is an "
+            "invalid model.\n  detail on a second line"
+        )
 
     monkeypatch.setattr(exporting, "_runner", broken)
     with pytest.raises(ImgtrainError) as err:
         export(demo_run, "onnx", tmp_path, check=8)
-    assert str(err.value) == ("onnx export failed: RuntimeError: [ONNXRuntimeError] : 10 : INVALID_GRAPH : Load "
-                              "model from x.onnx failed:This is an invalid model.")
+    assert str(err.value) == (
+        "onnx export failed: RuntimeError: [ONNXRuntimeError] : 10 : INVALID_GRAPH : Load "
+        "model from x.onnx failed:This is an invalid model."
+    )
     assert err.value.__cause__ is None and err.value.__suppress_context__  # no chained traceback
     assert list(tmp_path.iterdir()) == [], "no half-written export"

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from imgtrain.errors import ConfigError, UnknownName
+from imgtrain.core.errors import ConfigError, UnknownName
 from imgtrain.models import MODELS, build_model
 from imgtrain.models.backbones import BACKBONES
 
@@ -48,8 +48,9 @@ def test_a_backbone_refuses_an_input_below_its_minimum_in_one_line(name):
     defaults to the backbone's 224x224 in a run, so this needs an explicit small image_size)."""
     with pytest.raises(ConfigError) as err:
         build_model(name, (28, 28, 1), 5, weights="none")
-    assert str(err.value).startswith(f"model {name!r} cannot be built for input (28, 28, 1): Input size must be at "
-                                     "least 32x32") and "\n" not in str(err.value)
+    assert str(err.value).startswith(
+        f"model {name!r} cannot be built for input (28, 28, 1): Input size must be at least 32x32"
+    ) and "\n" not in str(err.value)
 
 
 def test_augmentation_is_inside_the_model_and_off_at_inference():
@@ -60,7 +61,7 @@ def test_augmentation_is_inside_the_model_and_off_at_inference():
 
 
 def test_flip_tta_averages_each_image_with_its_mirror():
-    from imgtrain.evaluate import predict_arrays, with_tta
+    from imgtrain.analysis.evaluate import predict_arrays, with_tta
 
     model = build_model("cnn_small", (12, 10, 3), 4, dense=8)
     x = np.random.default_rng(0).integers(0, 256, (5, 12, 10, 3)).astype("uint8")

@@ -1,11 +1,11 @@
 """docs/tutorial.ipynb, run top to bottom in a real Jupyter kernel at a small size (the committed copy carries the
 outputs of a full run, checked here too)."""
+
 import re
 import sys
 
 import nbformat
 import pytest
-
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "docs"))
@@ -36,8 +36,9 @@ def executed(tmp_path_factory):
 
 def test_the_committed_notebook_is_the_generated_one_with_a_full_runs_outputs():
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    assert [c.source for c in nb.cells] == [c.source for c in make_tutorial.build().cells], \
+    assert [c.source for c in nb.cells] == [c.source for c in make_tutorial.build().cells], (
         "docs/tutorial.ipynb is stale: run python docs/make_tutorial.py --run"
+    )
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert all(c.outputs for c in code), "every code cell of the committed notebook shows its output"
     summary = _outputs(_cell(nb, 'run = train(dataset="mnist"'), "text/html")[-1]
@@ -46,11 +47,17 @@ def test_the_committed_notebook_is_the_generated_one_with_a_full_runs_outputs():
 
 
 def test_the_tutorial_runs_in_a_jupyter_kernel_and_shows_what_it_says(executed):
-    assert "(1800, 28, 28, 1) uint8 (200, 28, 28, 1) (10000, 28, 28, 1)" in \
-        "".join(_outputs(_cell(executed, "mnist = load_dataset"), "stream"))  # the small size: 2,000 images
+    assert "(1800, 28, 28, 1) uint8 (200, 28, 28, 1) (10000, 28, 28, 1)" in "".join(
+        _outputs(_cell(executed, "mnist = load_dataset"), "stream")
+    )  # the small size: 2,000 images
     # each picture the text promises: show_batch grids, the curves, the heatmaps
-    for start in ("mnist = load_dataset", "fashion = load_dataset", "run002 = train", "from pathlib import Path",
-                  "test = clothes"):
+    for start in (
+        "mnist = load_dataset",
+        "fashion = load_dataset",
+        "run002 = train",
+        "from pathlib import Path",
+        "test = clothes",
+    ):
         assert len(_outputs(_cell(executed, start), "image/png")) == 1, start
     train_cell = _cell(executed, 'run = train(dataset="mnist"')
     html = _outputs(train_cell, "text/html")

@@ -2,12 +2,13 @@ import json
 import re
 
 import numpy as np
-import pytest
+from conftest import chromium, run_cli
 from PIL import Image
 
-from conftest import chromium, run_cli
-from imgtrain import plots
-from imgtrain.report import FIGURES, PREDICTIONS
+from imgtrain.analysis import plots
+from imgtrain.analysis.evaluate import PREDICTIONS
+from imgtrain.analysis.report import FIGURES
+
 
 def test_every_plot_is_a_real_png(mnist_run):
     out, proc = mnist_run
@@ -40,11 +41,11 @@ def test_top_losses_are_only_mistakes(mnist_run):
 def test_the_heatmaps_section_shows_the_worst_mistakes_then_one_right_image_per_class(mnist_run):
     """Rows: the 8 highest-loss mistakes (evidence for the predicted and for the true class, two different maps),
     then the most confident right image of each class; the figure is in report.html."""
-    from imgtrain.backend import use_backend
+    from imgtrain.core.backend import use_backend
 
     use_backend("tensorflow")
+    from imgtrain.analysis.report import _heatmaps, read_run
     from imgtrain.data import run_dataset
-    from imgtrain.report import _heatmaps, read_run
 
     out, _ = mnist_run
     run = read_run(out)
@@ -78,7 +79,8 @@ def test_report_renders_in_headless_chromium(mnist_run, tmp_path):
     try:
         driver.get((out / "report.html").as_uri())
         widths = driver.execute_script(
-            "return Array.from(document.images).map(i => [i.id, i.complete, i.naturalWidth, i.naturalHeight]);")
+            "return Array.from(document.images).map(i => [i.id, i.complete, i.naturalWidth, i.naturalHeight]);"
+        )
         assert sorted(w[0] for w in widths) == sorted(FIGURES)
         assert all(done and w > 0 and h > 0 for _, done, w, h in widths), widths
         metrics = driver.execute_script("return document.querySelector('table.metrics').innerText;")
@@ -95,8 +97,22 @@ def test_report_renders_in_headless_chromium(mnist_run, tmp_path):
 
 def test_runs_list_and_compare(tmp_path):
     for name, lr in (("a", "1e-3"), ("b", "3e-3")):
-        run_cli("train", "--dataset", "mnist", "--model", "mlp", "--epochs", "2", "--train-limit", "1500",
-                "--lr", lr, "--no-report", "--out", tmp_path / "runs" / name)
+        run_cli(
+            "train",
+            "--dataset",
+            "mnist",
+            "--model",
+            "mlp",
+            "--epochs",
+            "2",
+            "--train-limit",
+            "1500",
+            "--lr",
+            lr,
+            "--no-report",
+            "--out",
+            tmp_path / "runs" / name,
+        )
     assert not (tmp_path / "runs" / "a" / "report.html").exists(), "--no-report skips the report"
     listing = run_cli("runs", "list", "--dir", tmp_path / "runs").stdout.splitlines()
     assert listing[0].split()[:3] == ["run", "dataset", "model"]
@@ -106,7 +122,9 @@ def test_runs_list_and_compare(tmp_path):
     named = run_cli("runs", "list", tmp_path / "runs" / "b", tmp_path / "runs" / "a").stdout.splitlines()
     assert [l.split()[0] for l in named[1:]] == ["b", "a"]
     missing = run_cli("runs", "list", tmp_path / "nowhere", check=False)
-    assert missing.returncode == 2 and missing.stderr.strip() == f"error: {tmp_path / 'nowhere'}: no such folder of runs"
+    assert (
+        missing.returncode == 2 and missing.stderr.strip() == f"error: {tmp_path / 'nowhere'}: no such folder of runs"
+    )
     proc = run_cli("runs", "compare", tmp_path / "runs" / "a", tmp_path / "runs" / "b", "--plot", tmp_path / "c.png")
     lr_row = next(l for l in proc.stdout.splitlines() if l.startswith("learning_rate"))
     assert "0.001" in lr_row and "0.003" in lr_row
@@ -123,14 +141,23 @@ def test_runs_list_and_compare(tmp_path):
 def test_report_escapes_every_name_that_comes_from_the_data(tmp_path):
     """Class folders, file names and notes come from the user's disk: a folder named like a script must show as
     text in report.html, never run (the page is rendered with Jinja2's autoescape)."""
-    from imgtrain.report import RunRecord, render_html
+    from imgtrain.analysis.report import RunRecord, render_html
 
     evil = "<script>alert(1)</script>"
     scores = {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 3}
-    run = RunRecord(tmp_path / "run", {"model": "mlp", "dataset": f"folder:{evil}"},
-                    {"status": "done", "data": {"class_names": [evil, "b"], "notes": [f"skipped: {evil}"],
-                                                "skipped_files": {f"/d/{evil}.png": "not an image"}}},
-                    {"test": {"per_class": {evil: scores, "b": scores}}, "test_accuracy": 0.5})
+    run = RunRecord(
+        tmp_path / "run",
+        {"model": "mlp", "dataset": f"folder:{evil}"},
+        {
+            "status": "done",
+            "data": {
+                "class_names": [evil, "b"],
+                "notes": [f"skipped: {evil}"],
+                "skipped_files": {f"/d/{evil}.png": "not an image"},
+            },
+        },
+        {"test": {"per_class": {evil: scores, "b": scores}}, "test_accuracy": 0.5},
+    )
     page = render_html(run, {})
     assert "<script>" not in page
     assert page.count("&lt;script&gt;alert(1)&lt;/script&gt;") == 6  # title, headline, per class, counts, note, file

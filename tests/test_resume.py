@@ -1,4 +1,5 @@
 """A run killed at a random moment, then started again with the same command, ends exactly as an uninterrupted one."""
+
 import csv
 import errno
 import json
@@ -12,10 +13,26 @@ import time
 import pytest
 from conftest import IMGTRAIN, ROOT, run_cli
 
-from imgtrain.errors import ImgtrainError
+from imgtrain.core.errors import ImgtrainError
 
-ARGS = ["train", "--dataset", "mnist", "--model", "cnn3", "--epochs", "4", "--train-limit", "3000", "--augment",
-        "shift", "--no-report", "--set", "tensorboard=false", "--set", "early_stopping=3"]
+ARGS = [
+    "train",
+    "--dataset",
+    "mnist",
+    "--model",
+    "cnn3",
+    "--epochs",
+    "4",
+    "--train-limit",
+    "3000",
+    "--augment",
+    "shift",
+    "--no-report",
+    "--set",
+    "tensorboard=false",
+    "--set",
+    "early_stopping=3",
+]
 
 
 def _history(run):
@@ -25,8 +42,9 @@ def _history(run):
 
 def _start_and_hit(out, sig, rng):
     """Start training, wait for the first completed epoch, then send `sig` at a random moment."""
-    proc = subprocess.Popen([*IMGTRAIN, *ARGS, "--out", str(out)], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*IMGTRAIN, *ARGS, "--out", str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.time() + 300
     while not (out / "last.keras").exists():
         assert proc.poll() is None and time.time() < deadline, proc.communicate()
@@ -87,15 +105,31 @@ def _file_size_limit(limit: int):
 def test_disk_full_is_one_line_and_keeps_what_was_written(tmp_path):
     # cnn_small's checkpoint is ~10 MB: the config, run.json and logs fit under 4 MB a file, the first model does not
     out = tmp_path / "run"
-    args = ["train", "--dataset", "mnist", "--model", "cnn_small", "--epochs", "1", "--train-limit", "600",
-            "--no-report", "--set", "tensorboard=false", "--out", str(out)]
-    proc = subprocess.run([*IMGTRAIN, *args], cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          preexec_fn=_file_size_limit(4 << 20))
+    args = [
+        "train",
+        "--dataset",
+        "mnist",
+        "--model",
+        "cnn_small",
+        "--epochs",
+        "1",
+        "--train-limit",
+        "600",
+        "--no-report",
+        "--set",
+        "tensorboard=false",
+        "--out",
+        str(out),
+    ]
+    proc = subprocess.run(
+        [*IMGTRAIN, *args], cwd=ROOT, capture_output=True, text=True, timeout=600, preexec_fn=_file_size_limit(4 << 20)
+    )
     assert proc.returncode == 2, proc.stderr[-3000:]
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: disk full or file too large while writing "), lines
-    assert lines[0].endswith(f"every file already in {out} is intact: free some space and run the same command "
-                             "to resume")
+    assert lines[0].endswith(
+        f"every file already in {out} is intact: free some space and run the same command to resume"
+    )
     assert json.loads((out / "run.json").read_text())["status"] == "running"
     assert "config.yaml" in {p.name for p in out.iterdir()} and not (out / "last.keras").exists()
     assert not [p for p in out.iterdir() if p.name.startswith(".")], "no half-written files left"
@@ -116,12 +150,23 @@ def test_no_space_left_is_reported_the_same_way_and_other_os_errors_are_not(tmp_
             raise OSError(code, os.strerror(code), str(tmp_path / "r" / "last.keras"))
 
     with pytest.raises(raised) as err:
-        train(dataset="mnist", model="mlp", epochs=1, train_limit=600, out=str(tmp_path / "r"), callbacks=[Fail()],
-              tensorboard=False, report=False, verbose="quiet")
+        train(
+            dataset="mnist",
+            model="mlp",
+            epochs=1,
+            train_limit=600,
+            out=str(tmp_path / "r"),
+            callbacks=[Fail()],
+            tensorboard=False,
+            report=False,
+            verbose="quiet",
+        )
     if code == errno.ENOSPC:
-        assert str(err.value) == (f"disk full or file too large while writing {tmp_path / 'r' / 'last.keras'}; every "
-                                  f"file already in {tmp_path / 'r'} is intact: free some space and run the same "
-                                  "command to resume")
+        assert str(err.value) == (
+            f"disk full or file too large while writing {tmp_path / 'r' / 'last.keras'}; every "
+            f"file already in {tmp_path / 'r'} is intact: free some space and run the same "
+            "command to resume"
+        )
     else:
         assert err.value.errno == errno.EACCES
 
@@ -129,8 +174,19 @@ def test_no_space_left_is_reported_the_same_way_and_other_os_errors_are_not(tmp_
 def test_a_run_that_early_stopping_ended_is_not_trained_further(tmp_path):
     from imgtrain import train
 
-    kw = dict(dataset="mnist", model="mlp", epochs=6, train_limit=1000, schedule="constant", learning_rate=1e-9,
-              early_stopping=1, out=str(tmp_path / "r"), tensorboard=False, report=False, verbose="quiet")
+    kw = dict(
+        dataset="mnist",
+        model="mlp",
+        epochs=6,
+        train_limit=1000,
+        schedule="constant",
+        learning_rate=1e-9,
+        early_stopping=1,
+        out=str(tmp_path / "r"),
+        tensorboard=False,
+        report=False,
+        verbose="quiet",
+    )
     assert train(**kw).metrics["epochs_run"] == 2
     info = json.loads((tmp_path / "r" / "run.json").read_text())
     info["status"] = "running"  # as if killed while scoring the best model

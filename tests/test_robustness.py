@@ -1,4 +1,5 @@
 """Odd files, hostile inputs, divergence and reproducibility: each decoded right, or refused with a reason."""
+
 import collections
 import functools
 import io
@@ -10,15 +11,15 @@ import zlib
 
 import numpy as np
 import pytest
+from conftest import run_cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from conftest import run_cli
 from imgtrain import load_dataset, train
-from imgtrain.config import make_config, parse_assignment
+from imgtrain.core.config import make_config, parse_assignment
+from imgtrain.core.errors import ConfigError, DataError, ImgtrainError
 from imgtrain.data.images import DECODE_ERRORS, MAX_PIXELS, ImageTooLarge, decode, try_decode
-from imgtrain.errors import ConfigError, DataError, ImgtrainError
 
 
 def _save(img: Image.Image, path, **kw):
@@ -69,8 +70,15 @@ def test_odd_images_decode_or_are_skipped_with_a_reason(odd_folder):
     assert ds.class_names == ["cat", "dog"], "an empty class folder is not a class"
     assert ds.train.counts(2) == [10, 4], "every readable image kept"
     reasons = {os.path.basename(p): r for p, r in ds.skipped.items()}
-    assert set(reasons) == {"empty.jpg", "text.jpg", "truncated.png", "bomb.png", "loop_a.jpg", "loop_b.jpg",
-                            "empty"}, reasons
+    assert set(reasons) == {
+        "empty.jpg",
+        "text.jpg",
+        "truncated.png",
+        "bomb.png",
+        "loop_a.jpg",
+        "loop_b.jpg",
+        "empty",
+    }, reasons
     assert "over the limit" in reasons["bomb.png"]
     assert reasons["empty"] == "class folder with no training images (no image files): skipped"
     assert "skipped 1 class with no training images: empty" in ds.notes
@@ -115,8 +123,9 @@ def test_csv_paths_cannot_leave_the_dataset_root(tmp_path):
     _save(Image.new("L", (8, 8), 9), tmp_path / "secret.png")
     table = tmp_path / "data" / "t.csv"
     os.symlink(tmp_path / "secret.png", tmp_path / "data" / "link.png")
-    table.write_text(f"path,label\na.png,x\nb.png,y\nc.png,x\nd.png,y\n../secret.png,x\n{tmp_path / 'secret.png'},y\n"
-                     "link.png,x\n")
+    table.write_text(
+        f"path,label\na.png,x\nb.png,y\nc.png,x\nd.png,y\n../secret.png,x\n{tmp_path / 'secret.png'},y\nlink.png,x\n"
+    )
     ds = load_dataset(f"csv:{table}", val_split=0, test_split=0)
     assert len(ds.train) == 4 and len(ds.skipped) == 3
     # the folder loader gives the same reason for a symlink out (test_data.py)
@@ -131,11 +140,12 @@ def test_csv_paths_cannot_leave_the_dataset_root(tmp_path):
 # body, or rewrites the size the header states. PNG chunks get their CRCs recomputed, so that the damage reaches the
 # decoder instead of stopping at Pillow's checksum test.
 
+
 def _png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
     pos, chunks = 8, []
     while pos + 8 <= len(data):
-        (size,) = struct.unpack(">I", data[pos:pos + 4])
-        chunks.append((data[pos + 4:pos + 8], data[pos + 8:pos + 8 + size]))
+        (size,) = struct.unpack(">I", data[pos : pos + 4])
+        chunks.append((data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + size]))
         pos += 12 + size
     return chunks
 
@@ -157,9 +167,9 @@ def _state_size(fmt: str, data: bytes, w: int, h: int) -> bytes:
         i = 2
         while i + 9 <= len(b) and b[i] == 0xFF:
             if b[i + 1] in (0xC0, 0xC1, 0xC2):
-                b[i + 5:i + 9] = struct.pack(">HH", h, w)
+                b[i + 5 : i + 9] = struct.pack(">HH", h, w)
                 break
-            i += 2 + struct.unpack(">H", b[i + 2:i + 4])[0]
+            i += 2 + struct.unpack(">H", b[i + 2 : i + 4])[0]
     elif fmt == "GIF":  # the logical screen, then the first image descriptor after the colour table and extensions
         b[6:10] = struct.pack("<HH", w, h)
         i = 13 + (3 << ((b[10] & 7) + 1) if b[10] & 0x80 else 0)
@@ -169,7 +179,7 @@ def _state_size(fmt: str, data: bytes, w: int, h: int) -> bytes:
                 i += b[i] + 1
             i += 1
         if i + 9 <= len(b) and b[i] == 0x2C:
-            b[i + 5:i + 9] = struct.pack("<HH", w, h)
+            b[i + 5 : i + 9] = struct.pack("<HH", w, h)
     elif fmt == "BMP":  # a negative height means top-down rows
         b[18:26] = struct.pack("<ii", w, -h if h % 2 else h)
     elif fmt == "WEBP":
@@ -199,28 +209,39 @@ def _fuzz_seeds() -> list[tuple[str, bytes, np.ndarray | None]]:
     seeds = []
     for d in digits:
         im = Image.fromarray(d)
-        seeds += [("PNG", encode(im, "PNG"), d), ("GIF", encode(im, "GIF"), d), ("BMP", encode(im, "BMP"), d),
-                  ("WEBP", encode(im, "WEBP", lossless=True), d), ("JPEG", encode(im, "JPEG", quality=90), None),
-                  ("PNG", encode(Image.fromarray(d.astype(np.uint16) * 257), "PNG"), d)]  # 16-bit grey
+        seeds += [
+            ("PNG", encode(im, "PNG"), d),
+            ("GIF", encode(im, "GIF"), d),
+            ("BMP", encode(im, "BMP"), d),
+            ("WEBP", encode(im, "WEBP", lossless=True), d),
+            ("JPEG", encode(im, "JPEG", quality=90), None),
+            ("PNG", encode(Image.fromarray(d.astype(np.uint16) * 257), "PNG"), d),
+        ]  # 16-bit grey
     im = Image.fromarray(photo)
     rgba = im.convert("RGBA")
     rgba.putalpha(Image.fromarray(np.where(xx < 16, 255, 0).astype(np.uint8)))  # right half transparent
     exif = Image.Exif()
     exif[0x0112] = 6
     frames = [im, Image.fromarray(255 - photo)]
-    seeds += [("PNG", encode(im, "PNG"), photo), ("BMP", encode(im, "BMP"), photo),
-              ("PNG", encode(rgba, "PNG"), np.where(xx[..., None] < 16, photo, 0).astype(np.uint8)),
-              ("PNG", encode(im.convert("P"), "PNG"), None), ("PNG", encode(im.convert("LA"), "PNG"), None),
-              ("JPEG", encode(im, "JPEG", progressive=True), None), ("JPEG", encode(im, "JPEG", exif=exif), None),
-              ("JPEG", encode(im.convert("CMYK"), "JPEG"), None), ("WEBP", encode(im, "WEBP", quality=80), None),
-              ("GIF", encode(frames[0], "GIF", save_all=True, append_images=frames[1:]), None)]
+    seeds += [
+        ("PNG", encode(im, "PNG"), photo),
+        ("BMP", encode(im, "BMP"), photo),
+        ("PNG", encode(rgba, "PNG"), np.where(xx[..., None] < 16, photo, 0).astype(np.uint8)),
+        ("PNG", encode(im.convert("P"), "PNG"), None),
+        ("PNG", encode(im.convert("LA"), "PNG"), None),
+        ("JPEG", encode(im, "JPEG", progressive=True), None),
+        ("JPEG", encode(im, "JPEG", exif=exif), None),
+        ("JPEG", encode(im.convert("CMYK"), "JPEG"), None),
+        ("WEBP", encode(im, "WEBP", quality=80), None),
+        ("GIF", encode(frames[0], "GIF", save_all=True, append_images=frames[1:]), None),
+    ]
     return seeds
 
 
 def _damage(rng: np.random.Generator, fmt: str, data: bytes) -> tuple[str, bytes]:
     kind = str(rng.choice(["cut", "flip header", "flip body", "state size"], p=[0.25, 0.2, 0.35, 0.2]))
     if kind == "cut":
-        return kind, data[:int(rng.integers(1, len(data)))]
+        return kind, data[: int(rng.integers(1, len(data)))]
     if kind == "state size":
         big = rng.random() < 0.1  # mostly between imgtrain's limit (64 M pixels) and Pillow's refusal (179 M)
         w, h = rng.integers(7000, 14000, 2) if big else rng.integers(1, 3000, 2)
@@ -285,8 +306,13 @@ def test_damaged_real_images_decode_or_raise_a_decode_error_from_pillow(tmp_path
                     unexpected.append((case, fmt, kind, repr(err), "not refused as too large"))
             arr, reason = try_decode(data, size, channels)  # what a dataset records for a skipped file
             message = str(err).strip()
-            if not ((_raised_in_pillow(err) or isinstance(err, ImageTooLarge)) and arr is None and message
-                    and reason.startswith(f"{type(err).__name__}: {message[:20]}") and "\n" not in reason):
+            if not (
+                (_raised_in_pillow(err) or isinstance(err, ImageTooLarge))
+                and arr is None
+                and message
+                and reason.startswith(f"{type(err).__name__}: {message[:20]}")
+                and "\n" not in reason
+            ):
                 unexpected.append((case, fmt, kind, repr(err), reason))
             continue
         except Exception as err:  # noqa: BLE001 - anything else is the finding
@@ -297,8 +323,10 @@ def test_damaged_real_images_decode_or_raise_a_decode_error_from_pillow(tmp_path
         assert stated <= MAX_PIXELS, (case, fmt, kind, stated)
         tally["decoded", fmt] += 1
     assert not unexpected, unexpected[:5]
-    total = {key: sum(n for (what, _), n in tally.items() if what == key)
-             for key in ("cases", "identified", "decoded", "over the limit")}
+    total = {
+        key: sum(n for (what, _), n in tally.items() if what == key)
+        for key in ("cases", "identified", "decoded", "over the limit")
+    }
     assert total["identified"] >= 0.5 * total["cases"], total
     # some damage is harmless (a flipped pixel), most is not: a decoder that hid errors would "decode" nearly all
     assert 0.15 * total["cases"] <= total["decoded"] <= 0.5 * total["cases"] and total["over the limit"] >= 5, total
@@ -307,9 +335,14 @@ def test_damaged_real_images_decode_or_raise_a_decode_error_from_pillow(tmp_path
 
 
 @settings(max_examples=300, deadline=None)
-@given(w=st.integers(1, 40), h=st.integers(1, 40), mode=st.sampled_from(["1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "I;16"]),
-       fmt=st.sampled_from(["PNG", "JPEG", "BMP", "GIF", "WEBP"]), channels=st.sampled_from([1, 3]),
-       cut=st.integers(0, 100))
+@given(
+    w=st.integers(1, 40),
+    h=st.integers(1, 40),
+    mode=st.sampled_from(["1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "I;16"]),
+    fmt=st.sampled_from(["PNG", "JPEG", "BMP", "GIF", "WEBP"]),
+    channels=st.sampled_from([1, 3]),
+    cut=st.integers(0, 100),
+)
 def test_decoder_on_generated_images(w, h, mode, fmt, channels, cut):
     img = Image.new(mode, (w, h))
     buf = io.BytesIO()
@@ -327,10 +360,30 @@ def test_decoder_on_generated_images(w, h, mode, fmt, channels, cut):
     assert out.shape == (12, 10, channels) and out.dtype == np.uint8
 
 
-KEYS = ["epochs", "batch_size", "learning_rate", "optimizer", "schedule", "val_split", "seed", "channels", "nope",
-        "image_size", "model_options", "class_weight", "monitor"]
-VALUES = st.one_of(st.none(), st.booleans(), st.integers(-5, 500), st.floats(allow_nan=True), st.text(max_size=8),
-                   st.lists(st.integers(-3, 300), max_size=3), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+KEYS = [
+    "epochs",
+    "batch_size",
+    "learning_rate",
+    "optimizer",
+    "schedule",
+    "val_split",
+    "seed",
+    "channels",
+    "nope",
+    "image_size",
+    "model_options",
+    "class_weight",
+    "monitor",
+]
+VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 500),
+    st.floats(allow_nan=True),
+    st.text(max_size=8),
+    st.lists(st.integers(-3, 300), max_size=3),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
 
 
 @settings(max_examples=1500, deadline=None)
@@ -345,15 +398,31 @@ def test_config_parser_accepts_or_says_why_in_one_line(values):
 
 
 # (text after '=', the value --set must give): YAML's reading, and the text itself where it is not valid YAML
-ASSIGNED = [("64", 64), ("0.003", 0.003), ("1.5e-3", 0.0015), ("true", True), ("off", False), ("null", None),
-            ("", None), ("adamw", "adamw"), ("'64'", "64"), ("[16, 32, 64]", [16, 32, 64]),
-            ("{dropout: 0.3, bn: true}", {"dropout": 0.3, "bn": True}), (" 7 ", 7), ("x=y", "x=y"),
-            ("[1,", "[1,"), ("a: b: c", "a: b: c")]
+ASSIGNED = [
+    ("64", 64),
+    ("0.003", 0.003),
+    ("1.5e-3", 0.0015),
+    ("true", True),
+    ("off", False),
+    ("null", None),
+    ("", None),
+    ("adamw", "adamw"),
+    ("'64'", "64"),
+    ("[16, 32, 64]", [16, 32, 64]),
+    ("{dropout: 0.3, bn: true}", {"dropout": 0.3, "bn": True}),
+    (" 7 ", 7),
+    ("x=y", "x=y"),
+    ("[1,", "[1,"),
+    ("a: b: c", "a: b: c"),
+]
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.from_regex(r"[a-z_][a-z0-9_]{0,11}", fullmatch=True), min_size=1, max_size=3),
-       st.sampled_from(ASSIGNED), st.sampled_from(["", " "]))
+@given(
+    st.lists(st.from_regex(r"[a-z_][a-z0-9_]{0,11}", fullmatch=True), min_size=1, max_size=3),
+    st.sampled_from(ASSIGNED),
+    st.sampled_from(["", " "]),
+)
 def test_set_assignments_split_the_key_on_dots_and_read_the_value_as_yaml(parts, assigned, pad):
     raw, value = assigned
     assert parse_assignment(f"{pad}{'.'.join(parts)}{pad}={raw}") == (parts, value)
@@ -393,15 +462,26 @@ def test_a_model_file_that_would_run_code_is_refused(tmp_path, mnist_run):
 
 def test_divergence_stops_with_a_clear_message_and_keeps_no_bad_model(tmp_path):
     with pytest.raises(ImgtrainError, match=r"loss became (nan|inf) in epoch 1 .* try a lower learning_rate"):
-        train(dataset="mnist", model="mlp", epochs=2, train_limit=2000, optimizer="sgd", learning_rate=1e12,
-              schedule="constant", out=str(tmp_path / "r"), tensorboard=False, report=False, verbose="quiet")
+        train(
+            dataset="mnist",
+            model="mlp",
+            epochs=2,
+            train_limit=2000,
+            optimizer="sgd",
+            learning_rate=1e12,
+            schedule="constant",
+            out=str(tmp_path / "r"),
+            tensorboard=False,
+            report=False,
+            verbose="quiet",
+        )
     assert not (tmp_path / "r" / "best.keras").exists() and not (tmp_path / "r" / "last.keras").exists()
     assert json.loads((tmp_path / "r" / "run.json").read_text())["status"] == "diverged"
 
 
 def test_last_checkpoint_skips_a_diverged_epoch(tmp_path):
-    from imgtrain.callbacks import LastCheckpoint
     from imgtrain.models import build_model
+    from imgtrain.training.callbacks import LastCheckpoint
 
     cb = LastCheckpoint(tmp_path / "last.keras", {})
     cb.set_model(build_model("mlp"))
@@ -415,15 +495,41 @@ def test_bad_run_settings_are_one_line_and_write_nothing(tmp_path):
     with pytest.raises(ConfigError, match="batch_size 4096 is larger than the 450 training images; use at most 450"):
         train(dataset="mnist", model="mlp", train_limit=500, batch_size=4096, out=str(tmp_path / "r"))
     assert not (tmp_path / "r").exists()
-    proc = run_cli("train", "--dataset", "mnist", "--model", "mlp", "--train-limit", "500", "--epochs", "1",
-                   "--out", "/etc/hostname/run", check=False)
+    proc = run_cli(
+        "train",
+        "--dataset",
+        "mnist",
+        "--model",
+        "mlp",
+        "--train-limit",
+        "500",
+        "--epochs",
+        "1",
+        "--out",
+        "/etc/hostname/run",
+        check=False,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["error: cannot write run directory /etc/hostname/run: Not a directory"]
 
 
 def test_same_seed_gives_identical_weights_and_replay_says_so(tmp_path):
-    run_cli("train", "--dataset", "mnist", "--model", "cnn_small", "--epochs", "1", "--train-limit", "2000",
-            "--augment", "shift", "--no-report", "--out", tmp_path / "a")
+    run_cli(
+        "train",
+        "--dataset",
+        "mnist",
+        "--model",
+        "cnn_small",
+        "--epochs",
+        "1",
+        "--train-limit",
+        "2000",
+        "--augment",
+        "shift",
+        "--no-report",
+        "--out",
+        tmp_path / "a",
+    )
     proc = run_cli("replay", tmp_path / "a")
     assert f"identical: {tmp_path / 'a'}-replay" in proc.stdout
     a = json.loads((tmp_path / "a" / "metrics.json").read_text())

@@ -1,4 +1,5 @@
 """The server as a user meets it: real uvicorn on a localhost port, real HTTP, real Chromium."""
+
 import base64
 import io
 import json
@@ -14,9 +15,8 @@ from types import SimpleNamespace
 import httpx
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import IMGTRAIN, ROOT, chromium, free_port, run_cli, wait_until_healthy, write_pngs
+from PIL import Image
 
 LIMITS = ["--max-upload-mb", "0.05", "--max-files", "4", "--max-pixels", "1000000"]
 
@@ -27,8 +27,13 @@ def served(mnist_run, tmp_path_factory):
     out, _ = mnist_run
     port = free_port()
     log = open(tmp_path_factory.mktemp("serve") / "stderr.txt", "w+")  # a file: a full pipe would stall the server
-    proc = subprocess.Popen([*IMGTRAIN, "serve", str(out), "--port", str(port), *LIMITS], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=log, text=True)
+    proc = subprocess.Popen(
+        [*IMGTRAIN, "serve", str(out), "--port", str(port), *LIMITS],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     wait_until_healthy(f"{url}/health", proc, log, "server", timeout_s=120)
     # The line is printed before uvicorn starts, so it is in the pipe by now; a server that prints nothing must
@@ -57,16 +62,21 @@ def digits(tmp_path_factory):
 
 def _png(size=(28, 28), mode="L", noise=False) -> bytes:
     buf = io.BytesIO()
-    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, size[::-1], dtype=np.uint8)) if noise else \
-        Image.new(mode, size, 0)
+    img = (
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, size[::-1], dtype=np.uint8))
+        if noise
+        else Image.new(mode, size, 0)
+    )
     img.save(buf, format="PNG")
     return buf.getvalue()
 
 
 def test_predictions_match_the_cli(server, digits, mnist_run):
     out, _ = mnist_run
-    cli = {os.path.basename(r["file"]): r["top"][0]["class"] for r in
-           json.loads(run_cli("predict", out, *digits, "--format", "json").stdout)}
+    cli = {
+        os.path.basename(r["file"]): r["top"][0]["class"]
+        for r in json.loads(run_cli("predict", out, *digits, "--format", "json").stdout)
+    }
     files = [("files", (p.name, p.read_bytes(), "image/png")) for p in digits[:4]]
     r = httpx.post(f"{server}/predict", files=files, timeout=30)
     assert r.status_code == 200
@@ -98,14 +108,22 @@ def test_model_health_page_and_docs(server, mnist_run):
     assert "/predict" in httpx.get(f"{server}/openapi.json").json()["paths"]
 
 
-@pytest.mark.parametrize("name, files, status, words", [
-    ("text", [("files", ("a.png", b"this is not an image", "image/png"))], 415, "not an image"),
-    ("truncated", [("files", ("t.png", _png((28, 28), noise=True)[:400], "image/png"))], 415, "t.png: cannot decode"),
-    ("oversized", [("files", ("big.png", os.urandom(80_000), "image/png"))], 413, "over the limit of 0.05 MiB"),
-    ("too many", [("files", (f"{i}.png", _png(), "image/png")) for i in range(5)], 400, "Too many files"),
-    ("bomb", [("files", ("bomb.png", _png((2000, 2000), "1"), "image/png"))], 413, "2000x2000 pixels"),
-    ("none", [], 400, "no files"),
-])
+@pytest.mark.parametrize(
+    "name, files, status, words",
+    [
+        ("text", [("files", ("a.png", b"this is not an image", "image/png"))], 415, "not an image"),
+        (
+            "truncated",
+            [("files", ("t.png", _png((28, 28), noise=True)[:400], "image/png"))],
+            415,
+            "t.png: cannot decode",
+        ),
+        ("oversized", [("files", ("big.png", os.urandom(80_000), "image/png"))], 413, "over the limit of 0.05 MiB"),
+        ("too many", [("files", (f"{i}.png", _png(), "image/png")) for i in range(5)], 400, "Too many files"),
+        ("bomb", [("files", ("bomb.png", _png((2000, 2000), "1"), "image/png"))], 413, "2000x2000 pixels"),
+        ("none", [], 400, "no files"),
+    ],
+)
 def test_bad_uploads_get_json_errors_and_the_server_goes_on(server, name, files, status, words):
     r = httpx.post(f"{server}/predict", files=files or None, data=None if files else {"x": "1"}, timeout=30)
     assert r.status_code == status, r.text
@@ -171,22 +189,29 @@ def _peak_rss(pid: int, reset: bool = False) -> int:
         return int(next(line for line in f if line.startswith("VmHWM:")).split()[1]) * 1024
 
 
-@pytest.mark.parametrize("framing, first, status, words", [
-    ("chunked", FILE_PART, 413, "big.png: over the limit of 0.05 MiB"),  # the per-file limit, while parsing
-    ("chunked", FIELD_PART, 413, "upload over the limit of 275,248 bytes"),  # the whole-body limit
-    ("length", FILE_PART, 413, "upload of 209,715,200 bytes is over the limit of 275,248 bytes"),
-    # No Content-Length and no chunking: in HTTP/1.x such a request has no body (RFC 9112 6.3), so there is no
-    # read-until-close upload; uvicorn takes the bytes after the headers as a next request it never reaches.
-    ("until close", FILE_PART, 400, "no files"),
-], ids=["chunked-file", "chunked-field", "content-length", "http1.0-until-close"])
+@pytest.mark.parametrize(
+    "framing, first, status, words",
+    [
+        ("chunked", FILE_PART, 413, "big.png: over the limit of 0.05 MiB"),  # the per-file limit, while parsing
+        ("chunked", FIELD_PART, 413, "upload over the limit of 275,248 bytes"),  # the whole-body limit
+        ("length", FILE_PART, 413, "upload of 209,715,200 bytes is over the limit of 275,248 bytes"),
+        # No Content-Length and no chunking: in HTTP/1.x such a request has no body (RFC 9112 6.3), so there is no
+        # read-until-close upload; uvicorn takes the bytes after the headers as a next request it never reaches.
+        ("until close", FILE_PART, 400, "no files"),
+    ],
+    ids=["chunked-file", "chunked-field", "content-length", "http1.0-until-close"],
+)
 def test_oversized_bodies_are_refused_as_they_stream(served, framing, first, status, words):
     """200 MiB offered. Measured (2-core VM): 2.7-3.1 MiB left the client before the answer (the kernel's socket
     buffers), the server's peak RSS rose by under 1 MiB. Before the fix both chunked uploads were read to their
     end (all 200 MiB sent; RSS +2 MiB here, as Starlette spooled the file to disk) and no answer closed the
     connection, so uvicorn went on reading, and dropping, whatever body followed."""
-    version, header = {"chunked": ("1.1", "Transfer-Encoding: chunked\r\n"), "until close": ("1.0", ""),
-                       # Expect: the client waits for 100 Continue or an answer before sending the body, as curl does
-                       "length": ("1.1", f"Content-Length: {TOTAL}\r\nExpect: 100-continue\r\n")}[framing]
+    version, header = {
+        "chunked": ("1.1", "Transfer-Encoding: chunked\r\n"),
+        "until close": ("1.0", ""),
+        # Expect: the client waits for 100 Continue or an answer before sending the body, as curl does
+        "length": ("1.1", f"Content-Length: {TOTAL}\r\nExpect: 100-continue\r\n"),
+    }[framing]
     head = f"POST /predict HTTP/{version}\r\nHost: t\r\nContent-Type: multipart/form-data; boundary=xx\r\n"
     head += f"{header}\r\n"
     body = {"chunked": _chunked(first), "until close": _raw(first), "length": ()}[framing]
@@ -194,8 +219,10 @@ def test_oversized_bodies_are_refused_as_they_stream(served, framing, first, sta
     t0 = time.perf_counter()
     sent, answer = _upload(served.port, head.encode(), body)
     grew = _peak_rss(served.proc.pid) - before
-    print(f"\n{framing}: {sent / 2**20:.1f} MiB of {TOTAL / 2**20:.0f} sent before the answer, peak RSS "
-          f"+{grew / 2**20:.1f} MiB, {time.perf_counter() - t0:.2f} s")
+    print(
+        f"\n{framing}: {sent / 2**20:.1f} MiB of {TOTAL / 2**20:.0f} sent before the answer, peak RSS "
+        f"+{grew / 2**20:.1f} MiB, {time.perf_counter() - t0:.2f} s"
+    )
     head, _, payload = answer.partition(b"\r\n\r\n")
     assert int(head.split()[1]) == status and words in json.loads(payload)["detail"], answer[:300]
     assert b"connection: close" in head.lower()  # the server hangs up instead of reading the rest
@@ -226,8 +253,10 @@ def test_bounded_load_with_hostile_uploads(server, digits):
     lat = sorted(dt for _, _, dt in results)
     p50, p95 = statistics.median(lat) * 1e3, lat[int(0.95 * len(lat))] * 1e3
     health = httpx.get(f"{server}/health").json()
-    print(f"\nload: {n} requests, {concurrency} concurrent: {n / wall:.0f} req/s, p50 {p50:.1f} ms, p95 {p95:.1f} ms, "
-          f"{health['requests']} predictions in {health['model_calls']} model calls")
+    print(
+        f"\nload: {n} requests, {concurrency} concurrent: {n / wall:.0f} req/s, p50 {p50:.1f} ms, p95 {p95:.1f} ms, "
+        f"{health['requests']} predictions in {health['model_calls']} model calls"
+    )
     assert health["model_calls"] < health["requests"], "concurrent requests were batched"
 
 
@@ -270,7 +299,9 @@ def test_explain_endpoint_gives_the_cli_maps_and_the_same_limits(server, digits,
         with Image.open(io.BytesIO(base64.b64decode(e["overlay"].split(",", 1)[1]))) as im:
             assert im.size == (224, 224) and np.asarray(im.convert("L")).std() > 5
     r = httpx.post(f"{server}/explain?class_name=eleven", files=files[:1], timeout=30)
-    assert r.status_code == 422 and r.json()["detail"] == "unknown class 'eleven'; valid: " + ", ".join(map(str, range(10)))
+    assert r.status_code == 422 and r.json()["detail"] == "unknown class 'eleven'; valid: " + ", ".join(
+        map(str, range(10))
+    )
     r = httpx.post(f"{server}/explain", files={"files": ("big.png", _png(size=(3000, 3000), noise=True))}, timeout=30)
     assert r.status_code == 413, r.text
     assert httpx.get(f"{server}/health").json()["status"] == "ok"
@@ -297,6 +328,7 @@ def test_upload_page_shows_the_heatmap_when_asked(server, digits, tmp_path):
 
 
 # ----- the Open Inference Protocol (KServe v2) through the standard client -----
+
 
 @pytest.fixture(scope="module")
 def v2(served, mnist_run):
@@ -344,7 +376,9 @@ def test_tritonclient_gets_the_probabilities_of_predict(v2, server):
     binary = t.InferInput("image", list(v2.x.shape), "UINT8")
     binary.set_data_from_numpy(v2.x)
     got = v2.client.infer(v2.name, [binary], request_id="r1")
-    assert got.get_response()["id"] == "r1" and got.get_response()["outputs"][0]["parameters"]["binary_data_size"] == 160
+    assert (
+        got.get_response()["id"] == "r1" and got.get_response()["outputs"][0]["parameters"]["binary_data_size"] == 160
+    )
     np.testing.assert_allclose(got.as_numpy("probabilities"), want, atol=1e-6)
     assert (want.argmax(1) == load_labels(4)).all()
     as_json = t.InferInput("image", list(v2.x.shape), "FP32")
@@ -366,19 +400,23 @@ def load_labels(n: int) -> np.ndarray:
     return load_dataset("mnist", val_split=0).test.y[:n]
 
 
-@pytest.mark.parametrize("case, status, message", [
-    ("shape", 400, "input 'image' has shape [4, 28, 28]; this model takes [N, 28, 28, 1] (raw pixels, NHWC)"),
-    ("name", 400, "unknown input 'pixels'; this model's input is 'image'"),
-    ("datatype", 400, "input 'image' has datatype 'INT64'; valid: UINT8, FP32"),
-    ("too many", 400, "5 images in one request; at most 4"),
-    ("model", 404, "unknown model 'resnet50'; this server serves 'mnist-1'"),
-    ("output", 400, "unknown output 'logits'; this model's output is 'probabilities'"),
-])
+@pytest.mark.parametrize(
+    "case, status, message",
+    [
+        ("shape", 400, "input 'image' has shape [4, 28, 28]; this model takes [N, 28, 28, 1] (raw pixels, NHWC)"),
+        ("name", 400, "unknown input 'pixels'; this model's input is 'image'"),
+        ("datatype", 400, "input 'image' has datatype 'INT64'; valid: UINT8, FP32"),
+        ("too many", 400, "5 images in one request; at most 4"),
+        ("model", 404, "unknown model 'resnet50'; this server serves 'mnist-1'"),
+        ("output", 400, "unknown output 'logits'; this model's output is 'probabilities'"),
+    ],
+)
 def test_tritonclient_gets_a_clear_400_for_a_malformed_tensor(v2, case, status, message):
     t, x = v2.triton, v2.x
     data = {"shape": x[..., 0], "datatype": x.astype(np.int64), "too many": np.concatenate([x, x[:1]])}.get(case, x)
-    tensor = t.InferInput("pixels" if case == "name" else "image", list(data.shape),
-                          "INT64" if case == "datatype" else "UINT8")
+    tensor = t.InferInput(
+        "pixels" if case == "name" else "image", list(data.shape), "INT64" if case == "datatype" else "UINT8"
+    )
     tensor.set_data_from_numpy(data)
     outputs = [t.InferRequestedOutput("logits")] if case == "output" else None
     with pytest.raises(t.InferenceServerException) as err:
@@ -386,25 +424,51 @@ def test_tritonclient_gets_a_clear_400_for_a_malformed_tensor(v2, case, status, 
     assert (err.value.status(), err.value.message()) == (str(status), message)
 
 
-@pytest.mark.parametrize("body, header, message", [
-    (b"{not json", None, "the request is not valid JSON: Expecting property name enclosed in double quotes: line 1 "
-                         "column 2 (char 1)"),
-    (b'{"inputs": []}', None, "'inputs' must hold exactly one tensor, 'image'"),
-    (json.dumps({"inputs": [{"name": "image", "shape": [1, 28, 28, 1], "datatype": "UINT8",
-                             "data": [0] * 783}]}).encode(), None,
-     "input 'image': shape [1, 28, 28, 1] needs 784 values; 'data' has 783"),
-    (json.dumps({"inputs": [{"name": "image", "shape": [1, 28, 28, 1], "datatype": "UINT8",
-                             "data": [300] * 784}]}).encode(), None,
-     "input 'image': UINT8 values must be whole numbers 0-255"),
-    (json.dumps({"inputs": [{"name": "image", "shape": [1, 28, 28, 1], "datatype": "FP32",
-                             "data": [float("nan")] * 784}]}).encode(), None,
-     "input 'image' holds NaN or infinite values; pixels are 0-255"),
-    (b'{"inputs": [{"name": "image", "shape": [1, 28, 28, 1], "datatype": "UINT8", '
-     b'"parameters": {"binary_data_size": 784}}]}' + bytes(700), "118",
-     "input 'image': shape [1, 28, 28, 1] of UINT8 is 784 bytes; binary_data_size says 784 and 700 bytes follow the "
-     "JSON"),
-    (b"{}", "99", "Inference-Header-Content-Length '99' is not a byte count within the body's 2 bytes"),
-])
+@pytest.mark.parametrize(
+    "body, header, message",
+    [
+        (
+            b"{not json",
+            None,
+            "the request is not valid JSON: Expecting property name enclosed in double quotes: line 1 "
+            "column 2 (char 1)",
+        ),
+        (b'{"inputs": []}', None, "'inputs' must hold exactly one tensor, 'image'"),
+        (
+            json.dumps(
+                {"inputs": [{"name": "image", "shape": [1, 28, 28, 1], "datatype": "UINT8", "data": [0] * 783}]}
+            ).encode(),
+            None,
+            "input 'image': shape [1, 28, 28, 1] needs 784 values; 'data' has 783",
+        ),
+        (
+            json.dumps(
+                {"inputs": [{"name": "image", "shape": [1, 28, 28, 1], "datatype": "UINT8", "data": [300] * 784}]}
+            ).encode(),
+            None,
+            "input 'image': UINT8 values must be whole numbers 0-255",
+        ),
+        (
+            json.dumps(
+                {
+                    "inputs": [
+                        {"name": "image", "shape": [1, 28, 28, 1], "datatype": "FP32", "data": [float("nan")] * 784}
+                    ]
+                }
+            ).encode(),
+            None,
+            "input 'image' holds NaN or infinite values; pixels are 0-255",
+        ),
+        (
+            b'{"inputs": [{"name": "image", "shape": [1, 28, 28, 1], "datatype": "UINT8", '
+            b'"parameters": {"binary_data_size": 784}}]}' + bytes(700),
+            "118",
+            "input 'image': shape [1, 28, 28, 1] of UINT8 is 784 bytes; binary_data_size says 784 and 700 "
+            "bytes follow the JSON",
+        ),
+        (b"{}", "99", "Inference-Header-Content-Length '99' is not a byte count within the body's 2 bytes"),
+    ],
+)
 def test_malformed_requests_get_a_json_error_and_the_server_goes_on(v2, server, body, header, message):
     headers = {"Inference-Header-Content-Length": header} if header else {}
     r = httpx.post(f"{server}/v2/models/{v2.name}/infer", content=body, headers=headers)

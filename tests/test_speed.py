@@ -1,5 +1,6 @@
 """The speed features: bfloat16 runs, presets, the folder decode cache, lr-find and a run's own timings (the bench
 command: test_bench.py)."""
+
 import json
 import os
 import re
@@ -8,11 +9,11 @@ import numpy as np
 import pytest
 from conftest import ROOT, run_cli, write_pngs
 
-from imgtrain.config import make_config
-from imgtrain.errors import UnknownName
-from imgtrain.lr_find import batch_losses, smooth, suggest
-from imgtrain.auto import choose, cpu_info
-from imgtrain.presets import PRESETS, preset_config
+from imgtrain.core.auto import choose, cpu_info
+from imgtrain.core.config import make_config
+from imgtrain.core.errors import UnknownName
+from imgtrain.core.presets import PRESETS, preset_config
+from imgtrain.training.lr_find import batch_losses, smooth, suggest
 
 
 def _table_row(doc: str, name: str) -> list[str]:
@@ -23,8 +24,12 @@ def _table_row(doc: str, name: str) -> list[str]:
 
 
 # how docs/speed.md's recipe column writes each model option
-OPTION_WORDS = {"dense": lambda v: f"dense {v}", "dropout": lambda v: f"dropout {v}",
-                "bn": lambda v: "BatchNorm" if v else "", "widths": lambda v: "/".join(map(str, v))}
+OPTION_WORDS = {
+    "dense": lambda v: f"dense {v}",
+    "dropout": lambda v: f"dropout {v}",
+    "bn": lambda v: "BatchNorm" if v else "",
+    "widths": lambda v: "/".join(map(str, v)),
+}
 
 
 @pytest.mark.parametrize("name", PRESETS.names())
@@ -64,7 +69,7 @@ def test_presets_command_lists_them_and_shows_one_as_a_config_file(tmp_path):
     assert readme == listing.splitlines(), "README's `imgtrain presets` block is the command's output"
     shown = run_cli("presets", "--show", "fashion-935").stdout
     (tmp_path / "f.yaml").write_text(shown)
-    from imgtrain.config import load_config
+    from imgtrain.core.config import load_config
 
     assert load_config(tmp_path / "f.yaml") == make_config(**preset_config("fashion-935"))
 
@@ -83,13 +88,24 @@ def test_bfloat16_run_trains_and_exports_in_float32(tmp_path):
 
     from imgtrain import train
 
-    run = train(dataset="mnist", model="cnn_small", epochs=1, batch_size=64, learning_rate=3e-3, train_limit=6000,
-                test_limit=2000, precision="mixed_bfloat16", tensorboard=False, report=False, out=str(tmp_path / "r"))
+    run = train(
+        dataset="mnist",
+        model="cnn_small",
+        epochs=1,
+        batch_size=64,
+        learning_rate=3e-3,
+        train_limit=6000,
+        test_limit=2000,
+        precision="mixed_bfloat16",
+        tensorboard=False,
+        report=False,
+        out=str(tmp_path / "r"),
+    )
     assert keras.mixed_precision.global_policy().name == "float32"
     assert run.model.get_layer("conv1").dtype_policy.name == "mixed_bfloat16"
     assert run.model.get_layer("probs").dtype_policy.name == "float32"  # softmax and loss stay float32
     assert run.metrics["test_accuracy"] >= 0.93  # measured: 0.945 bfloat16, 0.9445 float32
-    from imgtrain.export import export
+    from imgtrain.ship.export import export
 
     info = export(tmp_path / "r", "onnx", check=64)
     assert info["max_abs_diff"] < 1e-4 and info["top1_agreement"] == 1.0
@@ -107,8 +123,19 @@ def test_mnist_99_preset_reaches_its_target(tmp_path):
 
 def test_preset_with_overrides_trains(tmp_path):
     """`--preset` gives the recipe; flags and --set still win (here: a small subset so the test is quick)."""
-    proc = run_cli("train", "--preset", "mnist-99", "--train-limit", "3000", "--epochs", "3", "--set",
-                   "test_limit=1000", "--out", tmp_path / "run")
+    proc = run_cli(
+        "train",
+        "--preset",
+        "mnist-99",
+        "--train-limit",
+        "3000",
+        "--epochs",
+        "3",
+        "--set",
+        "test_limit=1000",
+        "--out",
+        tmp_path / "run",
+    )
     cfg = (tmp_path / "run" / "config.yaml").read_text()
     chosen = choose("cnn_small", cpu_info()[1], None)[0]  # precision auto, resolved on this machine
     assert "model: cnn_small" in cfg and f"precision: {chosen}" in cfg and "label_smoothing: 0.1" in cfg
@@ -164,9 +191,25 @@ def test_lr_find_reconstructs_batch_losses_smooths_and_suggests_known_rates():
 
 
 def test_lr_find_command_writes_plot_and_suggestion(tmp_path):
-    proc = run_cli("lr-find", "--dataset", "mnist", "--model", "cnn_small", "--batch-size", "64",
-                   "--set", "train_limit=3000", "--steps", "80", "--start", "1e-5", "--end", "3",
-                   "--out", tmp_path / "lr")
+    proc = run_cli(
+        "lr-find",
+        "--dataset",
+        "mnist",
+        "--model",
+        "cnn_small",
+        "--batch-size",
+        "64",
+        "--set",
+        "train_limit=3000",
+        "--steps",
+        "80",
+        "--start",
+        "1e-5",
+        "--end",
+        "3",
+        "--out",
+        tmp_path / "lr",
+    )
     result = json.loads((tmp_path / "lr" / "lr_find.json").read_text())
     n = len(result["losses"])
     assert 20 <= n <= 80 and all(np.isfinite(result["losses"]))

@@ -1,4 +1,5 @@
 """MLflow tracking against a real `mlflow server` on localhost (started here), read back with MLflow's own client."""
+
 import csv
 import hashlib
 import json
@@ -9,11 +10,23 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import IMGTRAIN, ROOT, free_port, run_cli, wait_until_healthy
 
-ARGS = ["train", "--dataset", "mnist", "--model", "mlp", "--train-limit", "2000", "--set", "tensorboard=false",
-        "--set", "test_limit=2000", "--track", "mlflow"]
+ARGS = [
+    "train",
+    "--dataset",
+    "mnist",
+    "--model",
+    "mlp",
+    "--train-limit",
+    "2000",
+    "--set",
+    "tensorboard=false",
+    "--set",
+    "test_limit=2000",
+    "--track",
+    "mlflow",
+]
 
 
 @pytest.fixture(scope="module")
@@ -22,9 +35,25 @@ def server(tmp_path_factory):
     home = tmp_path_factory.mktemp("mlflow")
     port = free_port()
     log = open(home / "server.log", "w+")
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port",
-                             str(port), "--backend-store-uri", f"sqlite:///{home}/mlflow.db", "--artifacts-destination",
-                             str(home / "artifacts"), "--workers", "1"], cwd=home, stdout=log, stderr=log)
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{home}/mlflow.db",
+            "--artifacts-destination",
+            str(home / "artifacts"),
+            "--workers",
+            "1",
+        ],
+        cwd=home,
+        stdout=log,
+        stderr=log,
+    )
     url = f"http://127.0.0.1:{port}"
     wait_until_healthy(f"{url}/health", proc, log, "mlflow server")
     yield url
@@ -46,8 +75,19 @@ def _history(run_dir: Path) -> list[dict]:
 
 def test_a_run_logs_its_config_epochs_test_metrics_model_and_report(server, tmp_path):
     out = tmp_path / "run"
-    proc = run_cli(*ARGS, "--epochs", "2", "--set", f"tracking_uri={server}", "--set", "experiment=tour",
-                   "--set", "model_options.dropout=0.3", "--out", out)
+    proc = run_cli(
+        *ARGS,
+        "--epochs",
+        "2",
+        "--set",
+        f"tracking_uri={server}",
+        "--set",
+        "experiment=tour",
+        "--set",
+        "model_options.dropout=0.3",
+        "--out",
+        out,
+    )
     record = json.loads((out / "run.json").read_text())["mlflow"]
     assert f"mlflow: run {record['run_id']} (experiment {record['experiment_id']}) at {server}" in proc.stdout
     client = _client(server)
@@ -56,8 +96,12 @@ def test_a_run_logs_its_config_epochs_test_metrics_model_and_report(server, tmp_
     assert run.data.tags["imgtrain_run_dir"] == str(out.resolve()) and run.data.tags["imgtrain_model"] == "mlp"
     params = run.data.params
     # the resolved config: batch_size auto became 64 for 1,800 training images; nested keys dotted
-    assert (params["model"], params["batch_size"], params["precision"], params["epochs"]) == ("mlp", "64", "float32",
-                                                                                               "2")
+    assert (params["model"], params["batch_size"], params["precision"], params["epochs"]) == (
+        "mlp",
+        "64",
+        "float32",
+        "2",
+    )
     assert params["model_options.dropout"] == "0.3" and params["track"] == "mlflow"
     history = _history(out)
     for key in ("loss", "val_accuracy", "learning_rate"):
@@ -75,11 +119,21 @@ def test_a_run_logs_its_config_epochs_test_metrics_model_and_report(server, tmp_
 
 def test_an_unreachable_server_is_one_warning_and_the_run_goes_on(tmp_path):
     port = free_port()  # nothing listens there
-    proc = run_cli(*ARGS, "--epochs", "1", "--no-report", "--set", f"tracking_uri=http://127.0.0.1:{port}",
-                   "--out", tmp_path / "run")
+    proc = run_cli(
+        *ARGS,
+        "--epochs",
+        "1",
+        "--no-report",
+        "--set",
+        f"tracking_uri=http://127.0.0.1:{port}",
+        "--out",
+        tmp_path / "run",
+    )
     warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning: mlflow")]
-    assert warnings == [f"warning: mlflow: cannot read experiment 'imgtrain' at http://127.0.0.1:{port} ([Errno 111] "
-                        "Connection refused); training goes on without tracking"], proc.stderr[-2000:]
+    assert warnings == [
+        f"warning: mlflow: cannot read experiment 'imgtrain' at http://127.0.0.1:{port} ([Errno 111] "
+        "Connection refused); training goes on without tracking"
+    ], proc.stderr[-2000:]
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert info["status"] == "done" and info["mlflow"]["error"] == warnings[0].removeprefix("warning: ")
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["test_accuracy"] > 0.7
@@ -87,8 +141,19 @@ def test_an_unreachable_server_is_one_warning_and_the_run_goes_on(tmp_path):
 
 def test_kill_9_then_the_same_command_logs_into_the_same_mlflow_run(server, tmp_path):
     out = tmp_path / "run"
-    command = [*IMGTRAIN, *ARGS, "--epochs", "4", "--no-report", "--set", f"tracking_uri={server}",
-               "--set", "experiment=resume", "--out", str(out)]
+    command = [
+        *IMGTRAIN,
+        *ARGS,
+        "--epochs",
+        "4",
+        "--no-report",
+        "--set",
+        f"tracking_uri={server}",
+        "--set",
+        "experiment=resume",
+        "--out",
+        str(out),
+    ]
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not (out / "last.keras").exists():
@@ -110,14 +175,17 @@ def test_kill_9_then_the_same_command_logs_into_the_same_mlflow_run(server, tmp_
 
 def test_tune_logs_each_trial_as_a_child_of_the_search(server, tmp_path):
     base = tmp_path / "base.yaml"
-    base.write_text(f"dataset: mnist\nmodel: mlp\nepochs: 1\ntrain_limit: 1000\nreport: false\ntensorboard: false\n"
-                    f"track: mlflow\ntracking_uri: {server}\nexperiment: search\n")
+    base.write_text(
+        f"dataset: mnist\nmodel: mlp\nepochs: 1\ntrain_limit: 1000\nreport: false\ntensorboard: false\n"
+        f"track: mlflow\ntracking_uri: {server}\nexperiment: search\n"
+    )
     run_cli("tune", base, "--trials", "2", "--dir", tmp_path, "--name", "s", "--param", "learning_rate")
     client = _client(server)
     runs = client.search_runs([client.get_experiment_by_name("search").experiment_id])
     parent = next(r for r in runs if r.info.run_name == "s")
-    children = sorted((r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id),
-                      key=lambda r: r.info.run_name)
+    children = sorted(
+        (r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id), key=lambda r: r.info.run_name
+    )
     assert [r.info.run_name for r in children] == ["trial-000", "trial-001"] and len(runs) == 3
     study = _study(tmp_path / "s")
     for child in children:
@@ -148,8 +216,16 @@ def test_workers_of_one_search_starting_at_once_share_one_parent_run(server, tmp
     study_dir.mkdir()
     with open(study_dir / ".mlflow.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        workers = [subprocess.Popen([sys.executable, "-c", WORKER, server, str(study_dir)], stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True, cwd=ROOT) for _ in range(2)]
+        workers = [
+            subprocess.Popen(
+                [sys.executable, "-c", WORKER, server, str(study_dir)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                cwd=ROOT,
+            )
+            for _ in range(2)
+        ]
         _wait_for_waiters(study_dir / ".mlflow.lock", 2, workers)  # both have imported and reached the lock
     outputs = [w.communicate(timeout=120) for w in workers]
     assert all(w.returncode == 0 for w in workers), [err for _, err in outputs]
@@ -178,16 +254,25 @@ def _study(study_dir: Path):
 
 def test_without_mlflow_installed_track_mlflow_is_one_line_and_writes_nothing(tmp_path):
     hide = "import sys; sys.modules['mlflow'] = None; from imgtrain.cli import main; main()"  # import mlflow fails
-    proc = subprocess.run([sys.executable, "-c", hide, *ARGS, "--epochs", "1", "--out", str(tmp_path / "run")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", hide, *ARGS, "--epochs", "1", "--out", str(tmp_path / "run")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1:] == [
-        "error: track 'mlflow' needs MLflow: pip install mlflow (or imgtrain[mlflow]); track: none turns tracking off"]
+        "error: track 'mlflow' needs the [mlflow] extra (mlflow not installed): pip install 'imgtrain[mlflow]'; "
+        "track: none turns tracking off"
+    ]
     assert not (tmp_path / "run").exists()
 
 
 def test_a_run_without_tracking_never_imports_mlflow(tmp_path):
     """Importing MLflow costs seconds at the end of every run (and drags in tqdm's notebook warning)."""
-    script = ("import sys; from imgtrain import train; train(dataset='mnist', model='mlp', epochs=1, train_limit=500, "
-              f"verbose='quiet', tensorboard=False, out={str(tmp_path / 'run')!r}); print('mlflow' in sys.modules)")
+    script = (
+        "import sys; from imgtrain import train; train(dataset='mnist', model='mlp', epochs=1, train_limit=500, "
+        f"verbose='quiet', tensorboard=False, out={str(tmp_path / 'run')!r}); print('mlflow' in sys.modules)"
+    )
     proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stderr[-2000:]

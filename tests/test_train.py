@@ -6,12 +6,20 @@ import textwrap
 
 import numpy as np
 import pytest
-
 from conftest import run_cli
+
 from imgtrain import load_dataset, train
 
-RUN_FILES = ["config.yaml", "run.json", "history.csv", "train.log", "best.keras", "last.keras", "best.weights.h5",
-             "metrics.json"]
+RUN_FILES = [
+    "config.yaml",
+    "run.json",
+    "history.csv",
+    "train.log",
+    "best.keras",
+    "last.keras",
+    "best.weights.h5",
+    "metrics.json",
+]
 
 
 @pytest.mark.accuracy
@@ -44,16 +52,32 @@ def test_cnn_bn_on_fashion_mnist_two_epochs(tmp_path):
     # seed 004's architecture; its 0.5/0.2 dropouts learn too slowly for two epochs, so lighter ones. Half the
     # training set (27,000 images after the validation split) keeps make test short: measured 0.8734 (all 54,000:
     # 0.88+)
-    run = train(dataset="fashion_mnist", model="cnn_bn", epochs=2, batch_size=64, learning_rate=3e-3,
-                train_limit=30000, model_options={"dropout": 0.1, "conv_dropout": 0.0}, out=str(tmp_path / "run"),
-                tensorboard=False)
+    run = train(
+        dataset="fashion_mnist",
+        model="cnn_bn",
+        epochs=2,
+        batch_size=64,
+        learning_rate=3e-3,
+        train_limit=30000,
+        model_options={"dropout": 0.1, "conv_dropout": 0.0},
+        out=str(tmp_path / "run"),
+        tensorboard=False,
+    )
     assert run.metrics["test_accuracy"] >= 0.86, run.metrics["test_accuracy"]
     assert len(run.history["val_accuracy"]) == 2
 
 
 def test_saved_models_reload_in_plain_keras_with_the_same_predictions(tmp_path):
-    run = train(dataset="mnist", model="cnn3", epochs=1, train_limit=2000, test_limit=500, save_h5=True,
-                out=str(tmp_path / "run"), tensorboard=False)
+    run = train(
+        dataset="mnist",
+        model="cnn3",
+        epochs=1,
+        train_limit=2000,
+        test_limit=500,
+        save_h5=True,
+        out=str(tmp_path / "run"),
+        tensorboard=False,
+    )
     x = load_dataset("mnist", test_limit=300).test.x
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "expected.npy", run.model.predict(x, verbose=0))
@@ -91,11 +115,19 @@ def test_file_datasets_train_and_evaluate(kind, fashion_files, tmp_path):
 
 
 def test_streamed_folder_trains_and_scores_with_flip_tta(fashion_files, tmp_path):
-    from imgtrain.evaluate import predict_probs
+    from imgtrain.analysis.evaluate import predict_probs
 
     spec = f"folder:{fashion_files['folder']}"
-    run = train(dataset=spec, model="mlp", epochs=1, stream=True, tta="flip", out=str(tmp_path / "run"),
-                tensorboard=False, verbose="quiet")
+    run = train(
+        dataset=spec,
+        model="mlp",
+        epochs=1,
+        stream=True,
+        tta="flip",
+        out=str(tmp_path / "run"),
+        tensorboard=False,
+        verbose="quiet",
+    )
     info = json.loads((run.run_dir / "run.json").read_text())
     assert info["data"]["streamed"] is True
     assert run.metrics["test_images"] == 1000 and run.metrics["test_accuracy"] > 0.5
@@ -109,9 +141,12 @@ def test_streamed_folder_trains_and_scores_with_flip_tta(fashion_files, tmp_path
 def test_history_logs_the_rate_each_epoch_trained_with(tmp_path):
     """learning_rate is the rate of the epoch's first step, learning_rate_end that of its last: a step decay shows
     each epoch's own rate (not the next epoch's), a one-cycle run its warm-up start and its annealed end."""
-    kw = dict(dataset="mnist", model="mlp", train_limit=2000, batch_size=128, tensorboard=False, report=False, verbose="quiet")
-    step = train(epochs=3, schedule="step", step_epochs=1, step_gamma=0.1, learning_rate=0.01,
-                 out=str(tmp_path / "step"), **kw).history
+    kw = dict(
+        dataset="mnist", model="mlp", train_limit=2000, batch_size=128, tensorboard=False, report=False, verbose="quiet"
+    )
+    step = train(
+        epochs=3, schedule="step", step_epochs=1, step_gamma=0.1, learning_rate=0.01, out=str(tmp_path / "step"), **kw
+    ).history
     assert step["learning_rate"] == pytest.approx([0.01, 0.001, 0.0001], rel=1e-5)
     assert step["learning_rate_end"] == pytest.approx([0.01, 0.001, 0.0001], rel=1e-5)
     # 1,800 training images, batch 128: 15 steps an epoch, 60 in all, the first 15 (25 %) warming up
@@ -126,19 +161,31 @@ def test_history_logs_the_rate_each_epoch_trained_with(tmp_path):
 
 
 def test_early_stopping_ends_a_run_that_stops_improving(tmp_path):
-    run = train(dataset="mnist", model="mlp", epochs=6, train_limit=1000, schedule="constant", learning_rate=1e-9,
-                early_stopping=1, out=str(tmp_path / "r"), tensorboard=False, report=False, verbose="quiet")
+    run = train(
+        dataset="mnist",
+        model="mlp",
+        epochs=6,
+        train_limit=1000,
+        schedule="constant",
+        learning_rate=1e-9,
+        early_stopping=1,
+        out=str(tmp_path / "r"),
+        tensorboard=False,
+        report=False,
+        verbose="quiet",
+    )
     assert run.metrics["epochs_run"] == 2, "no improvement at a learning rate of 1e-9 stops after the patience"
 
 
 def test_balanced_and_named_class_weights_are_exact():
     from types import SimpleNamespace
 
-    from imgtrain.train import class_weights
+    from imgtrain.training.fit import class_weights
 
     # 6 cats, 3 dogs, 1 eel: balanced weight n / (classes * count) = 10/18, 10/9, 10/3
-    ds = SimpleNamespace(train=SimpleNamespace(y=np.array([0] * 6 + [1] * 3 + [2])), class_names=["cat", "dog", "eel"],
-                         num_classes=3)
+    ds = SimpleNamespace(
+        train=SimpleNamespace(y=np.array([0] * 6 + [1] * 3 + [2])), class_names=["cat", "dog", "eel"], num_classes=3
+    )
     assert class_weights("balanced", ds) == pytest.approx({0: 10 / 18, 1: 10 / 9, 2: 10 / 3}, rel=1e-12)
     assert class_weights({"dog": 4.0, "2": 0.5}, ds) == {0: 1.0, 1: 4.0, 2: 0.5}  # by name or index; others 1
     assert class_weights("none", ds) is None
@@ -149,20 +196,36 @@ def weighted_runs(tmp_path_factory):
     """mlp, one epoch on 2,000 MNIST images: without class weights, and with weight 30 on class 3, once with integer
     labels and once with one-hot labels and label smoothing 0.1 (the other loss path)."""
     base = tmp_path_factory.mktemp("weighted")
-    kw = dict(dataset="mnist", model="mlp", epochs=1, train_limit=2000, batch_size=128, tensorboard=False, report=False,
-              verbose="quiet")
-    return {(smoothing, weighted): train(label_smoothing=smoothing, class_weight={"3": 30.0} if weighted else "none",
-                                         out=str(base / f"{smoothing}-{weighted}"), **kw)
-            for smoothing, weighted in ((0.0, False), (0.0, True), (0.1, True))}
+    kw = dict(
+        dataset="mnist",
+        model="mlp",
+        epochs=1,
+        train_limit=2000,
+        batch_size=128,
+        tensorboard=False,
+        report=False,
+        verbose="quiet",
+    )
+    return {
+        (smoothing, weighted): train(
+            label_smoothing=smoothing,
+            class_weight={"3": 30.0} if weighted else "none",
+            out=str(base / f"{smoothing}-{weighted}"),
+            **kw,
+        )
+        for smoothing, weighted in ((0.0, False), (0.0, True), (0.1, True))
+    }
 
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
 def test_a_heavy_class_weight_makes_the_model_predict_that_class(weighted_runs, smoothing):
-    from imgtrain.evaluate import predict_arrays
+    from imgtrain.analysis.evaluate import predict_arrays
 
     test = load_dataset("mnist", val_split=0, test_limit=2000).test
-    threes = {weighted: int((predict_arrays(weighted_runs[key].model, test.x).argmax(1) == 3).sum())
-              for weighted, key in ((False, (0.0, False)), (True, (smoothing, True)))}
+    threes = {
+        weighted: int((predict_arrays(weighted_runs[key].model, test.x).argmax(1) == 3).sum())
+        for weighted, key in ((False, (0.0, False)), (True, (smoothing, True)))
+    }
     # measured: 270 of 2,000 without weights (202 are threes), 1,999 (1,998 with smoothing) with weight 30
     assert threes[False] < 400 and threes[True] > 1500, threes
 
@@ -188,13 +251,26 @@ def test_existing_run_is_never_overwritten(mnist_run):
 
 
 def test_plateau_halves_the_learning_rate_and_explicit_class_weights(tmp_path):
-    run = train(dataset="mnist", model="mlp", epochs=3, train_limit=1000, schedule="constant", learning_rate=1e-9,
-                reduce_lr_patience=1, reduce_lr_factor=0.5, min_lr=0.0, class_weight={"0": 2.0, "7": 0.5},
-                model_options={"dropout": 0.0}, out=str(tmp_path / "r"), tensorboard=False, report=False,
-                verbose="quiet")
+    run = train(
+        dataset="mnist",
+        model="mlp",
+        epochs=3,
+        train_limit=1000,
+        schedule="constant",
+        learning_rate=1e-9,
+        reduce_lr_patience=1,
+        reduce_lr_factor=0.5,
+        min_lr=0.0,
+        class_weight={"0": 2.0, "7": 0.5},
+        model_options={"dropout": 0.0},
+        out=str(tmp_path / "r"),
+        tensorboard=False,
+        report=False,
+        verbose="quiet",
+    )
     # At 1e-9 the weights stay where they started, and without dropout the epoch's training loss is the mean over
     # the 900 training images of weight(class) * cross-entropy: 2.3897 here, where unweighted it would be 2.3552.
-    from imgtrain.evaluate import predict_arrays
+    from imgtrain.analysis.evaluate import predict_arrays
 
     train_split = load_dataset("mnist", train_limit=1000).train  # the run's split: val_split 0.1, seed 0
     p = predict_arrays(run.model, train_split.x)[np.arange(len(train_split)), train_split.y]
@@ -205,9 +281,18 @@ def test_plateau_halves_the_learning_rate_and_explicit_class_weights(tmp_path):
 
 
 def test_class_weight_names_must_be_classes(tmp_path):
-    from imgtrain.errors import ConfigError
+    from imgtrain.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="class_weight key 'cat' is not a class; classes: 0, 1, 2"):
-        train(dataset="mnist", model="mlp", epochs=1, train_limit=500, class_weight={"cat": 2.0},
-              out=str(tmp_path / "r"), tensorboard=False, report=False, verbose="quiet")
+        train(
+            dataset="mnist",
+            model="mlp",
+            epochs=1,
+            train_limit=500,
+            class_weight={"cat": 2.0},
+            out=str(tmp_path / "r"),
+            tensorboard=False,
+            report=False,
+            verbose="quiet",
+        )
     assert not (tmp_path / "r").exists(), "refused before anything was written"

@@ -1,17 +1,18 @@
 """Transfer learning: pretrained backbones by name, weights files, starting from an earlier run, class subsets.
 Nothing here downloads: backbones are built with `weights: none` or a weights file the test writes."""
+
 import json
 
 import keras
 import numpy as np
 import pytest
-
 from conftest import run_cli
-from imgtrain.errors import ConfigError, DataError
+
+from imgtrain.core.errors import ConfigError, DataError
 from imgtrain.models import build_model
 from imgtrain.models.backbones import BACKBONES, backbone_layer, first_mismatch
 from imgtrain.models.cost import forward_mflops
-from imgtrain.transfer import file_sha256
+from imgtrain.models.transfer import file_sha256
 
 PREPROCESS = {  # Keras' own preprocess_input for each backbone: what its ImageNet weights expect
     "mobilenet_v3_small": keras.applications.mobilenet_v3.preprocess_input,
@@ -51,12 +52,14 @@ def test_a_weights_file_loads_bit_for_bit_and_one_that_does_not_fit_names_the_la
     source = backbone_layer("mobilenet_v3_small", (64, 64, 3), "none")
     source.save_weights(tmp_path / "mnv3.weights.h5")
     model = build_model("mobilenet_v3_small", (64, 64, 3), 5, weights=str(tmp_path / "mnv3.weights.h5"))
-    for a, b in zip(source.get_weights(), model.get_layer("backbone").get_weights()):
+    for a, b in zip(source.get_weights(), model.get_layer("backbone").get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(ConfigError) as err:
         build_model("mobilenet_v3_large", (64, 64, 3), 5, weights=str(tmp_path / "mnv3.weights.h5"))
-    assert str(err.value).startswith(f"weights file {tmp_path / 'mnv3.weights.h5'} does not fit mobilenet_v3_large: "
-                                     "the first layer that disagrees is 'expanded_conv_project' (Conv2D)")
+    assert str(err.value).startswith(
+        f"weights file {tmp_path / 'mnv3.weights.h5'} does not fit mobilenet_v3_large: "
+        "the first layer that disagrees is 'expanded_conv_project' (Conv2D)"
+    )
     assert "\n" not in str(err.value)
     with pytest.raises(ConfigError, match=r"weights file '.*nothing.h5' not found; valid weights: imagenet, none"):
         build_model("efficientnet_b0", (64, 64, 3), 5, weights=str(tmp_path / "nothing.h5"))
@@ -65,37 +68,62 @@ def test_a_weights_file_loads_bit_for_bit_and_one_that_does_not_fit_names_the_la
 def test_an_imagenet_style_weights_file_is_matched_layer_by_layer(tmp_path):
     """The ImageNet downloads are legacy HDF5 files, which Keras matches by layer order: a file of another
     architecture is refused at the first layer whose shapes differ."""
-    from keras.src.legacy.saving import legacy_h5_format
     import h5py
+    from keras.src.legacy.saving import legacy_h5_format
 
     source = backbone_layer("efficientnet_b0", (64, 64, 3), "none")
     with h5py.File(tmp_path / "efficientnetb0_notop.h5", "w") as f:
         legacy_h5_format.save_weights_to_hdf5_group(f, source)
     model = build_model("efficientnet_b0", (64, 64, 3), 2, weights=str(tmp_path / "efficientnetb0_notop.h5"))
-    for a, b in zip(source.get_weights(), model.get_layer("backbone").get_weights()):
+    for a, b in zip(source.get_weights(), model.get_layer("backbone").get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
     other = backbone_layer("efficientnet_v2_b0", (64, 64, 3), "none")
     assert first_mismatch(other, str(tmp_path / "efficientnetb0_notop.h5")).startswith(
-        "the first layer that disagrees is 'stem_conv' (Conv2D)")
+        "the first layer that disagrees is 'stem_conv' (Conv2D)"
+    )
 
 
 def test_imagenet_weights_offline_is_one_line_naming_the_file_and_where_it_goes(tmp_path):
     """conftest sets IMGTRAIN_OFFLINE=1: no download is tried, and the message says what to do instead."""
-    proc = run_cli("train", "--dataset", "mnist", "--model", "efficientnet_b0", "--set", "image_size=[32,32]",
-                   "--out", tmp_path / "r", check=False, env={"KERAS_HOME": str(tmp_path / "keras")})
+    proc = run_cli(
+        "train",
+        "--dataset",
+        "mnist",
+        "--model",
+        "efficientnet_b0",
+        "--set",
+        "image_size=[32,32]",
+        "--out",
+        tmp_path / "r",
+        check=False,
+        env={"KERAS_HOME": str(tmp_path / "keras")},
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ImageNet weights for efficientnet_b0 are not in Keras' cache")
+    assert len(lines) == 1 and lines[0].startswith(
+        "error: ImageNet weights for efficientnet_b0 are not in Keras' cache"
+    )
     assert f"efficientnetb0_notop.h5 in {tmp_path / 'keras' / 'models'}/" in lines[0]
     assert "weights: PATH" in lines[0] and "weights: none" in lines[0]
     assert not (tmp_path / "r").exists()
 
 
 def test_weights_is_refused_for_a_model_that_is_not_a_backbone(tmp_path):
-    proc = run_cli("train", "--dataset", "mnist", "--model", "cnn_small", "--set", "weights=none", "--out",
-                   tmp_path / "r", check=False)
+    proc = run_cli(
+        "train",
+        "--dataset",
+        "mnist",
+        "--model",
+        "cnn_small",
+        "--set",
+        "weights=none",
+        "--out",
+        tmp_path / "r",
+        check=False,
+    )
     assert proc.returncode == 2 and proc.stderr.startswith(
-        "error: weights 'none' applies to the pretrained backbones (convnext_tiny, efficientnet_b0, ")
+        "error: weights 'none' applies to the pretrained backbones (convnext_tiny, efficientnet_b0, "
+    )
 
 
 def test_models_lists_backbones_with_params_and_mflops_at_their_input_size():
@@ -131,20 +159,58 @@ def test_classes_keeps_a_subset_renumbered_in_class_order():
 def digits_0_to_4(tmp_path_factory):
     """cnn_small trained one epoch on MNIST digits 0-4 only (about 15 s)."""
     out = tmp_path_factory.mktemp("runs") / "pre"
-    run_cli("train", "--dataset", "mnist", "--model", "cnn_small", "--set", "classes=[0,1,2,3,4]", "--epochs", "1",
-            "--set", "precision=float32", "--no-report", "--set", "tensorboard=false", "--out", out)
+    run_cli(
+        "train",
+        "--dataset",
+        "mnist",
+        "--model",
+        "cnn_small",
+        "--set",
+        "classes=[0,1,2,3,4]",
+        "--epochs",
+        "1",
+        "--set",
+        "precision=float32",
+        "--no-report",
+        "--set",
+        "tensorboard=false",
+        "--out",
+        out,
+    )
     return out
 
 
 def test_init_from_keeps_the_head_for_the_same_classes_and_records_the_source(digits_0_to_4, tmp_path):
     """Same classes: the model continues as it was. With a learning rate of ~0 it scores what its source scored."""
-    run_cli("train", "--dataset", "mnist", "--set", "classes=[0,1,2,3,4]", "--set", f"init_from={digits_0_to_4}",
-            "--train-limit", "500", "--epochs", "1", "--lr", "1e-12", "--schedule", "constant", "--no-report",
-            "--set", "tensorboard=false", "--out", tmp_path / "same")
+    run_cli(
+        "train",
+        "--dataset",
+        "mnist",
+        "--set",
+        "classes=[0,1,2,3,4]",
+        "--set",
+        f"init_from={digits_0_to_4}",
+        "--train-limit",
+        "500",
+        "--epochs",
+        "1",
+        "--lr",
+        "1e-12",
+        "--schedule",
+        "constant",
+        "--no-report",
+        "--set",
+        "tensorboard=false",
+        "--out",
+        tmp_path / "same",
+    )
     info = json.loads((tmp_path / "same" / "run.json").read_text())
-    assert info["init_from"] == {"path": str(digits_0_to_4 / "best.keras"), "head": "kept",
-                                 "sha256": file_sha256(digits_0_to_4 / "best.keras"),
-                                 "classes": ["0", "1", "2", "3", "4"]}
+    assert info["init_from"] == {
+        "path": str(digits_0_to_4 / "best.keras"),
+        "head": "kept",
+        "sha256": file_sha256(digits_0_to_4 / "best.keras"),
+        "classes": ["0", "1", "2", "3", "4"],
+    }
     source = json.loads((digits_0_to_4 / "metrics.json").read_text())
     again = json.loads((tmp_path / "same" / "metrics.json").read_text())
     assert again["test_images"] == source["test_images"] == 5139
@@ -158,17 +224,38 @@ def test_fine_tuning_digits_5_to_9_from_0_to_4_beats_training_from_scratch(digit
     head, against the same network from scratch, same recipe (Adam 1e-3 one-cycle, 30 epochs of one batch of 25),
     both scored on all 4,861 test images of 5-9, in float32 (precision auto would choose by the machine). Measured:
     0.8299 against 0.7708 (docs/transfer.md)."""
-    recipe = ["train", "--dataset", "mnist", "--model", "cnn_small", "--set", "precision=float32",
-              "--set", "classes=[5,6,7,8,9]",
-              "--train-limit", "25", "--set", "val_split=0", "--set", "monitor=loss", "--epochs", "30",
-              "--batch-size", "25", "--lr", "1e-3", "--no-report", "--set", "tensorboard=false"]
+    recipe = [
+        "train",
+        "--dataset",
+        "mnist",
+        "--model",
+        "cnn_small",
+        "--set",
+        "precision=float32",
+        "--set",
+        "classes=[5,6,7,8,9]",
+        "--train-limit",
+        "25",
+        "--set",
+        "val_split=0",
+        "--set",
+        "monitor=loss",
+        "--epochs",
+        "30",
+        "--batch-size",
+        "25",
+        "--lr",
+        "1e-3",
+        "--no-report",
+        "--set",
+        "tensorboard=false",
+    ]
     run_cli(*recipe, "--set", f"init_from={digits_0_to_4}", "--out", tmp_path / "tuned")
     run_cli(*recipe, "--out", tmp_path / "scratch")
     tuned, scratch = (json.loads((tmp_path / r / "metrics.json").read_text()) for r in ("tuned", "scratch"))
     assert tuned["test_images"] == scratch["test_images"] == 4861
     assert json.loads((tmp_path / "tuned" / "run.json").read_text())["init_from"]["head"] == "replaced"
-    assert tuned["test_accuracy"] >= scratch["test_accuracy"] + 0.05, (tuned["test_accuracy"],
-                                                                        scratch["test_accuracy"])
+    assert tuned["test_accuracy"] >= scratch["test_accuracy"] + 0.05, (tuned["test_accuracy"], scratch["test_accuracy"])
 
 
 def _weights_by_name(model) -> dict:
@@ -180,20 +267,46 @@ def _weights_by_name(model) -> dict:
 def resnet9_0_to_4(tmp_path_factory):
     """resnet9 (BatchNorm after every conv) trained one epoch on 3,000 MNIST digits 0-4."""
     out = tmp_path_factory.mktemp("runs") / "resnet9"
-    run_cli("train", "--dataset", "mnist", "--model", "resnet9", "--set", "classes=[0,1,2,3,4]", "--epochs", "1",
-            "--train-limit", "3000", "--no-report", "--set", "tensorboard=false", "--out", out)
+    run_cli(
+        "train",
+        "--dataset",
+        "mnist",
+        "--model",
+        "resnet9",
+        "--set",
+        "classes=[0,1,2,3,4]",
+        "--epochs",
+        "1",
+        "--train-limit",
+        "3000",
+        "--no-report",
+        "--set",
+        "tensorboard=false",
+        "--out",
+        out,
+    )
     return out
 
 
-def test_the_frozen_stage_leaves_every_weight_and_batchnorm_statistic_of_the_body_bit_identical(resnet9_0_to_4,
-                                                                                                 tmp_path):
+def test_the_frozen_stage_leaves_every_weight_and_batchnorm_statistic_of_the_body_bit_identical(
+    resnet9_0_to_4, tmp_path
+):
     """freeze_epochs: only the new head trains; the body's BatchNormalization runs in inference mode, so its moving
     mean and variance stay exactly as they were (the pitfall of keras-team/keras#9965 would move them)."""
     from imgtrain import train
 
-    run = train(dataset="mnist", classes=[5, 6, 7, 8, 9], init_from=str(resnet9_0_to_4), train_limit=1000,
-                epochs=2, freeze_epochs=2, out=str(tmp_path / "frozen"), tensorboard=False, report=False,
-                verbose="quiet")
+    run = train(
+        dataset="mnist",
+        classes=[5, 6, 7, 8, 9],
+        init_from=str(resnet9_0_to_4),
+        train_limit=1000,
+        epochs=2,
+        freeze_epochs=2,
+        out=str(tmp_path / "frozen"),
+        tensorboard=False,
+        report=False,
+        verbose="quiet",
+    )
     before = _weights_by_name(keras.models.load_model(resnet9_0_to_4 / "best.keras"))
     after = _weights_by_name(keras.models.load_model(run.run_dir / "last.keras"))
     body = [k for k in before if not k.startswith("probs/")]
@@ -210,11 +323,23 @@ def test_a_frozen_imagenet_style_backbone_stays_bit_identical(tmp_path):
 
     source = backbone_layer("mobilenet_v3_small", (32, 32, 3), "none")
     source.save_weights(tmp_path / "mnv3.weights.h5")
-    run = train(dataset="mnist", model="mobilenet_v3_small", weights=str(tmp_path / "mnv3.weights.h5"),
-                image_size=(32, 32), train_limit=600, test_limit=200, epochs=1, freeze_epochs=1, batch_size=64,
-                out=str(tmp_path / "r"), tensorboard=False, report=False, verbose="quiet")
+    run = train(
+        dataset="mnist",
+        model="mobilenet_v3_small",
+        weights=str(tmp_path / "mnv3.weights.h5"),
+        image_size=(32, 32),
+        train_limit=600,
+        test_limit=200,
+        epochs=1,
+        freeze_epochs=1,
+        batch_size=64,
+        out=str(tmp_path / "r"),
+        tensorboard=False,
+        report=False,
+        verbose="quiet",
+    )
     trained = keras.models.load_model(run.run_dir / "last.keras").get_layer("backbone")
-    for a, b in zip(source.weights, trained.weights):
+    for a, b in zip(source.weights, trained.weights, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=a.path)
 
 
@@ -225,12 +350,24 @@ def test_a_pretrained_backbone_keeps_its_batchnorm_statistics_while_it_is_fine_t
 
     source = backbone_layer("mobilenet_v3_small", (32, 32, 3), "none")
     source.save_weights(tmp_path / "mnv3.weights.h5")
-    run = train(dataset="mnist", model="mobilenet_v3_small", weights=str(tmp_path / "mnv3.weights.h5"),
-                image_size=(32, 32), train_limit=600, test_limit=200, epochs=2, freeze_epochs=1, batch_size=64,
-                out=str(tmp_path / "r"), tensorboard=False, report=False, verbose="quiet")
+    run = train(
+        dataset="mnist",
+        model="mobilenet_v3_small",
+        weights=str(tmp_path / "mnv3.weights.h5"),
+        image_size=(32, 32),
+        train_limit=600,
+        test_limit=200,
+        epochs=2,
+        freeze_epochs=1,
+        batch_size=64,
+        out=str(tmp_path / "r"),
+        tensorboard=False,
+        report=False,
+        verbose="quiet",
+    )
     trained = keras.models.load_model(run.run_dir / "last.keras").get_layer("backbone")
     moved = []
-    for a, b in zip(source.weights, trained.weights):
+    for a, b in zip(source.weights, trained.weights, strict=True):
         if "moving_" in a.path:
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=a.path)
         else:
@@ -238,8 +375,10 @@ def test_a_pretrained_backbone_keeps_its_batchnorm_statistics_while_it_is_fine_t
     # random weights with never-trained statistics (mean 0, variance 1) pass tiny gradients to some variables
     # (the BatchNormalization scales, the squeeze-excite kernels): 112 of 138 move here; a frozen body moves none
     assert sum(moved) > len(moved) // 2, f"{sum(moved)} of {len(moved)} weights trained"
-    assert "34 BatchNormalization layers of the pretrained body keep their statistics" in (
-        run.run_dir / "train.log").read_text()
+    assert (
+        "34 BatchNormalization layers of the pretrained body keep their statistics"
+        in (run.run_dir / "train.log").read_text()
+    )
 
 
 def test_two_stages_unfreeze_the_last_blocks_and_the_body_learns_at_its_own_rate(resnet9_0_to_4, tmp_path, capsys):
@@ -251,9 +390,20 @@ def test_two_stages_unfreeze_the_last_blocks_and_the_body_learns_at_its_own_rate
     before = _weights_by_name(keras.models.load_model(resnet9_0_to_4 / "best.keras"))
     step = {}
     for mult in (0.5, 0.001):
-        run = train(dataset="mnist", classes=[5, 6, 7, 8, 9], init_from=str(resnet9_0_to_4), train_limit=1000,
-                    epochs=3, freeze_epochs=1, unfreeze=2, backbone_lr_mult=mult, out=str(tmp_path / f"m{mult}"),
-                    tensorboard=False, report=False, verbose="epoch" if mult < 0.01 else "quiet")
+        run = train(
+            dataset="mnist",
+            classes=[5, 6, 7, 8, 9],
+            init_from=str(resnet9_0_to_4),
+            train_limit=1000,
+            epochs=3,
+            freeze_epochs=1,
+            unfreeze=2,
+            backbone_lr_mult=mult,
+            out=str(tmp_path / f"m{mult}"),
+            tensorboard=False,
+            report=False,
+            verbose="epoch" if mult < 0.01 else "quiet",
+        )
         after = _weights_by_name(keras.models.load_model(run.run_dir / "last.keras"))
         moved = sorted({k.split("/")[0] for k in before if not np.array_equal(before[k], after[k])})
         assert moved == ["probs", "stage3_res2_bn", "stage3_res2_conv"], moved  # the head, the last two layers
@@ -263,16 +413,30 @@ def test_two_stages_unfreeze_the_last_blocks_and_the_body_learns_at_its_own_rate
     log = (run.run_dir / "train.log").read_text()
     assert "stage 2: epochs 2-3, head and body" in log and "body learning rate x 0.001" in log
     printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("stage ", "Epoch "))]
-    assert printed == ["stage 1: epochs 1-1, the head alone on cached features, 2 trainable weights",  # Keras prints
-                       "stage 2: epochs 2-3, head and body, 5 trainable weights, body learning rate x 0.001",  # no
-                       "Epoch 2/3", "Epoch 3/3"]  # "Epoch 1/1" for a fit of one epoch
+    assert printed == [
+        "stage 1: epochs 1-1, the head alone on cached features, 2 trainable weights",  # Keras prints
+        "stage 2: epochs 2-3, head and body, 5 trainable weights, body learning rate x 0.001",  # no
+        "Epoch 2/3",
+        "Epoch 3/3",
+    ]  # "Epoch 1/1" for a fit of one epoch
 
 
 def test_freeze_epochs_needs_a_pretrained_start(tmp_path):
-    proc = run_cli("train", "--dataset", "mnist", "--model", "cnn_small", "--set", "freeze_epochs=1", "--out",
-                   tmp_path / "r", check=False)
+    proc = run_cli(
+        "train",
+        "--dataset",
+        "mnist",
+        "--model",
+        "cnn_small",
+        "--set",
+        "freeze_epochs=1",
+        "--out",
+        tmp_path / "r",
+        check=False,
+    )
     assert proc.returncode == 2 and proc.stderr.strip().startswith(
-        "error: freeze_epochs and unfreeze fine-tune a pretrained start: a backbone with weights")
+        "error: freeze_epochs and unfreeze fine-tune a pretrained start: a backbone with weights"
+    )
 
 
 def _kill_after_epoch(args: list, out, epochs_done: int) -> int:
@@ -282,10 +446,12 @@ def _kill_after_epoch(args: list, out, epochs_done: int) -> int:
     import time
 
     from conftest import IMGTRAIN, ROOT
-    from imgtrain.saving import read_meta
 
-    proc = subprocess.Popen([*IMGTRAIN, *args, "--out", str(out)], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    from imgtrain.core.saving import read_meta
+
+    proc = subprocess.Popen(
+        [*IMGTRAIN, *args, "--out", str(out)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 300
     while not ((out / "last.keras").exists() and read_meta(out / "last.keras").get("epoch", 0) >= epochs_done):
         assert proc.poll() is None and time.time() < deadline, "the run ended before it could be killed"
@@ -297,9 +463,24 @@ def _kill_after_epoch(args: list, out, epochs_done: int) -> int:
 def test_kill_9_in_either_stage_then_the_same_command_resumes_exactly(resnet9_0_to_4, tmp_path):
     """Two stages (2 frozen epochs, then 2 of the whole network): killed after epoch 1 (inside the frozen stage)
     and after epoch 3 (inside the second), the same command ends bit-identical to a run never stopped."""
-    args = ["train", "--dataset", "mnist", "--set", "classes=[5,6,7,8,9]", "--set", f"init_from={resnet9_0_to_4}",
-            "--train-limit", "1000", "--epochs", "4", "--set", "freeze_epochs=2", "--no-report", "--set",
-            "tensorboard=false"]
+    args = [
+        "train",
+        "--dataset",
+        "mnist",
+        "--set",
+        "classes=[5,6,7,8,9]",
+        "--set",
+        f"init_from={resnet9_0_to_4}",
+        "--train-limit",
+        "1000",
+        "--epochs",
+        "4",
+        "--set",
+        "freeze_epochs=2",
+        "--no-report",
+        "--set",
+        "tensorboard=false",
+    ]
     run_cli(*args, "--out", tmp_path / "whole")
     whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
     for done in (1, 3):
@@ -314,18 +495,23 @@ def test_kill_9_in_either_stage_then_the_same_command_resumes_exactly(resnet9_0_
 
 
 def test_the_training_curves_mark_where_the_second_stage_starts():
-    from imgtrain import plots
+    from imgtrain.analysis import plots
 
     history = {"loss": [2.0, 1.5, 1.0, 0.8], "accuracy": [0.3, 0.5, 0.7, 0.8], "stage": [1.0, 1.0, 2.0, 2.0]}
     fig = plots.curves(history)
     marks = [line for ax in fig.axes for line in ax.get_lines() if line.get_label() == "stage 2 starts"]
     assert len(marks) == 2 and all(list(line.get_xdata()) == [2.5, 2.5] for line in marks)  # between epochs 2, 3
-    assert not [line for ax in plots.curves({k: v for k, v in history.items() if k != "stage"}).axes
-                for line in ax.get_lines() if "stage" in str(line.get_label())]
+    assert not [
+        line
+        for ax in plots.curves({k: v for k, v in history.items() if k != "stage"}).axes
+        for line in ax.get_lines()
+        if "stage" in str(line.get_label())
+    ]
 
 
-def test_the_head_trained_on_cached_features_equals_the_head_trained_through_the_frozen_body(resnet9_0_to_4,
-                                                                                             tmp_path, monkeypatch):
+def test_the_head_trained_on_cached_features_equals_the_head_trained_through_the_frozen_body(
+    resnet9_0_to_4, tmp_path, monkeypatch
+):
     """The issue's test (c): the frozen stage on cached features gives the head weights that training through the
     frozen body gives (same batches, same dropout draws), to float tolerance; the features are kept on disk, read
     back by the next run, and computed anew when the body's weights change."""
@@ -335,14 +521,23 @@ def test_the_head_trained_on_cached_features_equals_the_head_trained_through_the
 
     monkeypatch.setenv("IMGTRAIN_MNIST_WHEEL", str(data_dir() / MNIST_WHEEL))
     monkeypatch.setenv("IMGTRAIN_DATA", str(tmp_path / "cache"))
-    kw = dict(dataset="mnist", classes=[5, 6, 7, 8, 9], init_from=str(resnet9_0_to_4), train_limit=1000,
-              epochs=2, freeze_epochs=2, tensorboard=False, report=False, verbose="quiet")
+    kw = dict(
+        dataset="mnist",
+        classes=[5, 6, 7, 8, 9],
+        init_from=str(resnet9_0_to_4),
+        train_limit=1000,
+        epochs=2,
+        freeze_epochs=2,
+        tensorboard=False,
+        report=False,
+        verbose="quiet",
+    )
     heads = {}
     for cache in (True, False):
         run = train(cache_features=cache, out=str(tmp_path / f"cache-{cache}"), **kw)
         heads[cache] = keras.models.load_model(run.run_dir / "last.keras").get_layer("probs").get_weights()
         assert ("frozen stage on cached features" in (run.run_dir / "train.log").read_text()) is cache
-    for a, b in zip(heads[True], heads[False]):
+    for a, b in zip(heads[True], heads[False], strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     assert np.abs(heads[True][0]).max() > 0.01  # the head did train
     wait_for_writes()
@@ -354,7 +549,7 @@ def test_the_head_trained_on_cached_features_equals_the_head_trained_through_the
     assert [p.stat().st_mtime_ns for p in sorted((tmp_path / "cache").glob("features-*.npz"))] == stamp, "read back"
     # the same body with one weight changed: its features are computed anew, not read from the old file
     from imgtrain.data import run_dataset
-    from imgtrain.features import cached_features, split_model
+    from imgtrain.training.features import cached_features, split_model
 
     extractor, _ = split_model(keras.models.load_model(tmp_path / "cache-True" / "last.keras"))
     x = run_dataset(kw).val.x
@@ -366,12 +561,14 @@ def test_the_head_trained_on_cached_features_equals_the_head_trained_through_the
     assert len(list((tmp_path / "cache").glob("features-*.npz"))) == 3 and np.abs(after - before).max() > 1e-4
 
 
-def test_a_streamed_folder_trains_its_frozen_stage_on_features_like_the_same_folder_in_memory(resnet9_0_to_4,
-                                                                                               tmp_path, monkeypatch):
+def test_a_streamed_folder_trains_its_frozen_stage_on_features_like_the_same_folder_in_memory(
+    resnet9_0_to_4, tmp_path, monkeypatch
+):
     """A folder too big to hold (streamed) is decoded once for its features: the head trained on them equals the
     head of the same folder held in memory, an undecodable file is left out and recorded by the run that computes
     the features and by the run that reads them back, and that second run decodes no image at all."""
     from conftest import write_pngs
+
     from imgtrain import train
     from imgtrain.data import load_dataset
     from imgtrain.data.cache import wait_for_writes
@@ -380,8 +577,17 @@ def test_a_streamed_folder_trains_its_frozen_stage_on_features_like_the_same_fol
     monkeypatch.setenv("IMGTRAIN_DATA", str(tmp_path / "cache"))
     write_pngs(tmp_path / "digits", digits.train.x, digits.train.y, digits.class_names)
     (tmp_path / "digits" / "7" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
-    kw = dict(dataset=f"folder:{tmp_path / 'digits'}", init_from=str(resnet9_0_to_4), epochs=2, freeze_epochs=2,
-              test_split=0, batch_size=64, tensorboard=False, report=False, verbose="quiet")
+    kw = dict(
+        dataset=f"folder:{tmp_path / 'digits'}",
+        init_from=str(resnet9_0_to_4),
+        epochs=2,
+        freeze_epochs=2,
+        test_split=0,
+        batch_size=64,
+        tensorboard=False,
+        report=False,
+        verbose="quiet",
+    )
     import imgtrain.data.images as images
 
     decoded, real = [0], images.decode
@@ -392,8 +598,10 @@ def test_a_streamed_folder_trains_its_frozen_stage_on_features_like_the_same_fol
         run = train(stream=stream, out=str(tmp_path / f"run-{stream}-{len(heads)}"), **kw)
         wait_for_writes()
         info = json.loads((run.run_dir / "run.json").read_text())
-        assert info["data"]["streamed"] is stream and "frozen stage on cached features" in (
-            run.run_dir / "train.log").read_text()
+        assert (
+            info["data"]["streamed"] is stream
+            and "frozen stage on cached features" in (run.run_dir / "train.log").read_text()
+        )
         assert [p for p in info["data"]["skipped_files"] if p.endswith("broken.png")], info["data"]["skipped_files"]
         heads[len(heads)] = keras.models.load_model(run.run_dir / "last.keras").get_layer("probs").get_weights()
         counts.append(decoded[0])
@@ -401,6 +609,8 @@ def test_a_streamed_folder_trains_its_frozen_stage_on_features_like_the_same_fol
     # features was needed (the validation during the frozen stage reads cached features too)
     assert counts == [401, 401, 0], counts
     for streamed in (heads[1], heads[2]):  # batches of other sizes (the broken file is left out of one) round
-        for a, b in zip(heads[0], streamed):  # the features differently in the last bits: 5e-5 apart after training
+        for a, b in zip(
+            heads[0], streamed, strict=True
+        ):  # the features differently in the last bits: 5e-5 apart after training
             np.testing.assert_allclose(a, b, rtol=1e-3, atol=2e-4)
     assert np.abs(heads[0][0]).max() > 0.01

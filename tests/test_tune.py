@@ -1,5 +1,6 @@
 """A tiny real search: 4 trials on an MNIST subset, killed (SIGKILL) during its second trial, resumed by the same
 command; its best trial is the one with the best validation accuracy, and best.yaml is a config `train` accepts."""
+
 import json
 import signal
 import subprocess
@@ -8,12 +9,19 @@ import time
 import optuna
 import pytest
 import yaml
-
 from conftest import IMGTRAIN, ROOT, run_cli
-from imgtrain.config import load_config
 
-BASE = {"dataset": "mnist", "model": "mlp", "epochs": 3, "train_limit": 2000, "test_limit": 1000,
-        "tensorboard": False, "report": False}
+from imgtrain.core.config import load_config
+
+BASE = {
+    "dataset": "mnist",
+    "model": "mlp",
+    "epochs": 3,
+    "train_limit": 2000,
+    "test_limit": 1000,
+    "tensorboard": False,
+    "report": False,
+}
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +31,9 @@ def search(tmp_path_factory):
     (base / "mnist.yaml").write_text(yaml.safe_dump(BASE))
     cmd = ["tune", base / "mnist.yaml", "--trials", "4", "--dir", base / "runs", "--name", "s"]
     study = base / "runs" / "s"
-    proc = subprocess.Popen([*IMGTRAIN, *map(str, cmd)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [*IMGTRAIN, *map(str, cmd)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.time() + 300
     while not (study / "trial-001" / "last.keras").exists():  # trial 0 done, trial 1 one epoch in
         assert proc.poll() is None and time.time() < deadline, proc.communicate()
@@ -57,8 +66,12 @@ def test_killed_search_resumes_to_four_finished_trials(search):
 def test_best_trial_has_the_best_validation_accuracy_and_best_yaml_is_its_config(search):
     study, stdout, _ = search
     complete = [t for t in trials(study) if t.state == optuna.trial.TrialState.COMPLETE]
-    scores = {t.number: json.loads((study / t.user_attrs["run_dir"].split("/")[-1] / "metrics.json").read_text())
-              ["best_val_accuracy"] for t in complete}
+    scores = {
+        t.number: json.loads((study / t.user_attrs["run_dir"].split("/")[-1] / "metrics.json").read_text())[
+            "best_val_accuracy"
+        ]
+        for t in complete
+    }
     best = max(scores, key=scores.get)
     assert scores[best] == max(t.value for t in complete)
     assert f"best: trial {best}, val_accuracy {scores[best]:.4f}" in stdout
@@ -80,16 +93,25 @@ def test_a_finished_search_is_not_extended_and_other_settings_are_refused(search
     other = run_cli(*cmd, "--set", "epochs=2", check=False)
     assert other.returncode == 2 and other.stderr.strip().splitlines()[-1] == (
         f"error: {study} holds a search with other settings (epochs); run it with the same ones or choose "
-        "another --name")
+        "another --name"
+    )
 
 
-@pytest.mark.parametrize("args, expect", [
-    (["--param", "weight_decay"], "error: cannot search weight_decay: optimizer 'adam' has no weight decay; "
-                                  "use adamw or sgd"),
-    (["--param", "momentum"], "error: unknown search parameter 'momentum'; known: learning_rate, batch_size, "
-                              "width, dropout, weight_decay, schedule"),
-    (["--trials", "0"], "error: --trials must be at least 1 (got 0)"),
-])
+@pytest.mark.parametrize(
+    "args, expect",
+    [
+        (
+            ["--param", "weight_decay"],
+            "error: cannot search weight_decay: optimizer 'adam' has no weight decay; use adamw or sgd",
+        ),
+        (
+            ["--param", "momentum"],
+            "error: unknown search parameter 'momentum'; known: learning_rate, batch_size, "
+            "width, dropout, weight_decay, schedule",
+        ),
+        (["--trials", "0"], "error: --trials must be at least 1 (got 0)"),
+    ],
+)
 def test_mistakes_are_one_line_errors(tmp_path, args, expect):
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(BASE))
     proc = run_cli("tune", tmp_path / "c.yaml", "--dir", tmp_path / "runs", *args, check=False)

@@ -1,5 +1,6 @@
 """Tune workers sharing one study on a real PostgreSQL server (Debian's package, started here on a localhost port):
 a worker killed mid-trial has its trial retried by the other, and nothing is counted twice."""
+
 import glob
 import json
 import os
@@ -13,7 +14,6 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-
 from conftest import IMGTRAIN, ROOT, free_port, run_cli
 
 
@@ -33,17 +33,37 @@ def postgres():
         shutil.chown(home, "postgres", "postgres")
         as_server = ["runuser", "-u", "postgres", "--"]
     data, port = home / "data", free_port()
-    subprocess.run([*as_server, _pg("initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync"],
-                   check=True, capture_output=True, timeout=120)
-    server = subprocess.Popen([*as_server, _pg("postgres"), "-D", str(data), "-p", str(port), "-c",
-                               "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={home}", "-c",
-                               "fsync=off"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [*as_server, _pg("initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    server = subprocess.Popen(
+        [
+            *as_server,
+            _pg("postgres"),
+            "-D",
+            str(data),
+            "-p",
+            str(port),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            f"unix_socket_directories={home}",
+            "-c",
+            "fsync=off",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 60
     while subprocess.run([_pg("pg_isready"), "-h", "127.0.0.1", "-p", str(port)], capture_output=True).returncode:
         assert server.poll() is None and time.time() < deadline, "postgres did not start"
         time.sleep(0.2)
-    subprocess.run([_pg("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "optuna"], check=True,
-                   timeout=60)
+    subprocess.run(
+        [_pg("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "optuna"], check=True, timeout=60
+    )
     yield f"postgresql://postgres@127.0.0.1:{port}/optuna"
     server.terminate()
     server.wait(timeout=60)
@@ -53,10 +73,26 @@ def postgres():
 def test_two_workers_share_a_study_and_a_killed_workers_trial_is_retried_by_the_other(postgres, tmp_path):
     base = tmp_path / "base.yaml"
     # cnn_small on 3,000 images: epochs of ~1 s, so that the kill lands inside the first trial
-    base.write_text("dataset: mnist\nmodel: cnn_small\nepochs: 3\ntrain_limit: 3000\nreport: false\n"
-                    "tensorboard: false\n")
-    command = [*IMGTRAIN, "tune", str(base), "--trials", "4", "--dir", str(tmp_path), "--name", "s", "--param",
-               "learning_rate", "--storage", postgres, "--heartbeat", "1"]
+    base.write_text(
+        "dataset: mnist\nmodel: cnn_small\nepochs: 3\ntrain_limit: 3000\nreport: false\ntensorboard: false\n"
+    )
+    command = [
+        *IMGTRAIN,
+        "tune",
+        str(base),
+        "--trials",
+        "4",
+        "--dir",
+        str(tmp_path),
+        "--name",
+        "s",
+        "--param",
+        "learning_rate",
+        "--storage",
+        postgres,
+        "--heartbeat",
+        "1",
+    ]
     first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not (tmp_path / "s" / "trial-000" / "last.keras").exists():  # worker 1 is in its first trial's epoch 2
@@ -74,7 +110,9 @@ def test_two_workers_share_a_study_and_a_killed_workers_trial_is_retried_by_the_
     assert killed.state == optuna.trial.TrialState.FAIL  # found silent by the second worker's heartbeat check
     [retry] = [t for t in study.trials if t.system_attrs.get("failed_trial") == 0]
     assert retry.params == killed.params and retry.user_attrs["run_dir"] == str(tmp_path / "s" / "trial-000")
-    finished = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    finished = [
+        t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    ]
     assert len(finished) == 4 and len({t.user_attrs["run_dir"] for t in finished}) == 4  # none counted twice
     info = json.loads((tmp_path / "s" / "trial-000" / "run.json").read_text())
     assert info["status"] == "done" and info["resumed"]  # the retry resumed the killed run from its checkpoint
@@ -89,9 +127,20 @@ def test_an_unreachable_storage_is_one_line(tmp_path):
     base = tmp_path / "base.yaml"
     base.write_text("dataset: mnist\nmodel: mlp\nepochs: 1\n")
     port = free_port()
-    proc = run_cli("tune", base, "--trials", "1", "--dir", tmp_path, "--storage",
-                   f"postgresql://postgres:secret@127.0.0.1:{port}/optuna", check=False)
+    proc = run_cli(
+        "tune",
+        base,
+        "--trials",
+        "1",
+        "--dir",
+        tmp_path,
+        "--storage",
+        f"postgresql://postgres:secret@127.0.0.1:{port}/optuna",
+        check=False,
+    )
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
-    assert lines[0].startswith(f"error: cannot open the study storage postgresql://postgres:***@127.0.0.1:{port}/optuna: ")
+    assert lines[0].startswith(
+        f"error: cannot open the study storage postgresql://postgres:***@127.0.0.1:{port}/optuna: "
+    )
     assert "secret" not in proc.stderr and "Connection refused" in lines[0]

@@ -1,9 +1,14 @@
 """The data contract every loader returns and every trainer, evaluator and report reads."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from imgtrain.core.figures import Figure
 
 
 @dataclass
@@ -14,11 +19,11 @@ class Split:
     x: np.ndarray | None = None
     paths: list[str] | None = None
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         self.y = np.asarray(self.y, dtype=np.int64)
         if (self.x is None) == (self.paths is None):
             raise ValueError("a Split holds either arrays (x) or file paths, not both or neither")
-        n = len(self.x) if self.x is not None else len(self.paths)
+        n = len(self.x) if self.x is not None else len(cast("list[str]", self.paths))  # one of them is set
         if n != len(self.y):
             raise ValueError(f"{n} images but {len(self.y)} labels")
 
@@ -32,10 +37,12 @@ class Split:
     def take(self, idx: np.ndarray) -> "Split":
         if self.x is not None:
             return Split(self.y[idx], x=self.x[idx])
-        return Split(self.y[idx], paths=[self.paths[i] for i in idx])
+        paths = cast("list[str]", self.paths)  # no arrays: files
+        return Split(self.y[idx], paths=[paths[i] for i in idx])
 
     def counts(self, num_classes: int) -> list[int]:
-        return np.bincount(self.y, minlength=num_classes).tolist()
+        counts: list[int] = np.bincount(self.y, minlength=num_classes).tolist()
+        return counts
 
 
 @dataclass
@@ -55,14 +62,19 @@ class Dataset:
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def show_batch(self, n: int = 30, split: str = "train", cols: int = 10, seed: int = 0):
+    def show_batch(self, n: int = 30, split: str = "train", cols: int = 10, seed: int = 0) -> Figure:
         """A grid of `n` random images of `split` with their class names: a matplotlib Figure, which a notebook
         shows."""
-        from ..notebook import show_batch
+        from imgtrain.core.figures import samples
+        from imgtrain.data.sample import random_images
 
-        return show_batch(self, n, split, cols, seed)
+        part = getattr(self, split)
+        if part is None or not len(part):
+            raise ValueError(f"dataset {self.name} has no {split} images")
+        x, y = random_images(part, self.input_shape, n, seed)
+        return samples(x, y, self.class_names, n=len(x), cols=cols, seed=seed)
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, Any]:
         """Plain data for run.json and reports."""
         splits = {k: getattr(self, k) for k in ("train", "val", "test")}
         return {

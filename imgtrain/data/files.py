@@ -1,4 +1,5 @@
 """Image files on disk: a folder with one sub-folder per class, a flat Kaggle-style folder, or a CSV table."""
+
 from __future__ import annotations
 
 import csv
@@ -7,8 +8,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import DataError
-from .images import DECODE_ERRORS, GRAY_MODES, is_image_name, peek
+from imgtrain.core.errors import DataError
+from imgtrain.data.images import DECODE_ERRORS, GRAY_MODES, is_image_name, peek
 
 SPLIT_DIRS = {"train": "train", "val": "val", "validation": "val", "valid": "val", "test": "test"}
 PATH_COLUMNS = ("filename", "path", "file", "image", "filepath")
@@ -49,8 +50,9 @@ def _images_in(folder: Path, skipped: dict[str, str], real_root: str | None = No
             path = os.path.join(dirpath, name)
             if not is_image_name(name):
                 skipped[path] = "not an image file extension"
-            elif real_root is not None and not (_within(os.path.realpath(path), real_root)
-                                                if os.path.islink(path) else dir_inside):
+            elif real_root is not None and not (
+                _within(os.path.realpath(path), real_root) if os.path.islink(path) else dir_inside
+            ):
                 skipped[path] = outside_root(real_root)
             else:
                 out.append(path)
@@ -78,8 +80,10 @@ def list_folder(root: str, allow_outside_root: bool = False) -> FileList:
         for split, folder in split_dirs.items():
             extra = sorted({d.name for d in _class_dirs(folder)} - set(class_names))
             if extra:
-                raise DataError(f"folder:{root}: {folder.name}/ has classes {extra} that train/ lacks; "
-                                f"train classes: {', '.join(class_names)}")
+                raise DataError(
+                    f"folder:{root}: {folder.name}/ has classes {extra} that train/ lacks; "
+                    f"train classes: {', '.join(class_names)}"
+                )
             paths, labels = [], []
             for name in class_names:
                 if (folder / name).is_dir():
@@ -100,8 +104,10 @@ def list_folder(root: str, allow_outside_root: bool = False) -> FileList:
     paths = _images_in(base, skipped, real_root)
     labels = [Path(p).name.split(".")[0] for p in paths]
     if len(set(labels)) < 2:
-        raise DataError(f"folder:{root}: found no class sub-folders and no '<label>.<n>.<ext>' file names "
-                        "with two or more labels; expected root/<class>/<image> files")
+        raise DataError(
+            f"folder:{root}: found no class sub-folders and no '<label>.<n>.<ext>' file names "
+            "with two or more labels; expected root/<class>/<image> files"
+        )
     return FileList({"train": (paths, labels)}, skipped, class_paths={l: str(base / f"{l}.*") for l in set(labels)})
 
 
@@ -119,8 +125,10 @@ def list_table(csv_file: str, allow_outside_root: bool = False) -> FileList:
         pcol = next((cols[c] for c in PATH_COLUMNS if c in cols), None)
         lcol = next((cols[c] for c in LABEL_COLUMNS if c in cols), None)
         if pcol is None or lcol is None:
-            raise DataError(f"csv:{csv_file}: needs a path column ({'/'.join(PATH_COLUMNS)}) and a label column "
-                            f"({'/'.join(LABEL_COLUMNS)}); found {', '.join(reader.fieldnames or []) or 'none'}")
+            raise DataError(
+                f"csv:{csv_file}: needs a path column ({'/'.join(PATH_COLUMNS)}) and a label column "
+                f"({'/'.join(LABEL_COLUMNS)}); found {', '.join(reader.fieldnames or []) or 'none'}"
+            )
         scol = cols.get("split")
         splits: dict[str, tuple[list[str], list[str]]] = {}
         skipped: dict[str, str] = {}
@@ -164,7 +172,7 @@ def spread_sample(labels: list[str], sample: int = 64) -> list[int]:
     return out
 
 
-def sniff_shape(paths: list[str], labels: list[str], sample: int = 64):
+def sniff_shape(paths: list[str], labels: list[str], sample: int = 64) -> tuple[tuple[int, int], int]:
     """((height, width), channels) from the headers of a sample spread over every class (`spread_sample`): the
     size they share, or DEFAULT_SIZE when they differ; 1 channel only when every sampled file is grayscale."""
     sizes, gray = set(), True

@@ -1,4 +1,5 @@
 """Seeded, stratified index splits (train/validation, subsets)."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -11,18 +11,20 @@ Dense named "probs".
 `weights`: "imagenet" (Keras' own download and cache, ~/.keras/models/), "none" (random), or the path of a weights
 file for the backbone alone (Keras' `.h5` or `.weights.h5`).
 """
+
 from __future__ import annotations
 
 import os
 import re
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 
-from ..errors import ConfigError
-from . import AUGMENTS, register_model
+from imgtrain.core.errors import ConfigError
+from imgtrain.models.registry import AUGMENTS, register_model
 
 
 @dataclass(frozen=True)
@@ -34,10 +36,12 @@ class Backbone:
 
 
 BACKBONES = {
-    "mobilenet_v3_small": Backbone("MobileNetV3Small", "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5",
-                                   "builtin"),
-    "mobilenet_v3_large": Backbone("MobileNetV3Large", "weights_mobilenet_v3_large_224_1.0_float_no_top_v2.h5",
-                                   "builtin"),
+    "mobilenet_v3_small": Backbone(
+        "MobileNetV3Small", "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5", "builtin"
+    ),
+    "mobilenet_v3_large": Backbone(
+        "MobileNetV3Large", "weights_mobilenet_v3_large_224_1.0_float_no_top_v2.h5", "builtin"
+    ),
     "efficientnet_b0": Backbone("EfficientNetB0", "efficientnetb0_notop.h5", "builtin"),
     "efficientnet_v2_b0": Backbone("EfficientNetV2B0", "efficientnetv2-b0_notop.h5", "builtin"),
     "resnet50_v2": Backbone("ResNet50V2", "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5", "tf"),
@@ -45,16 +49,21 @@ BACKBONES = {
 }
 
 
+MakeBackbone = Callable[[str | None], keras.Model]  # weights ("imagenet", a file's path, None) -> the backbone
+
+
 def keras_cache_dir() -> Path:
     """Where Keras' get_file keeps downloaded weights ($KERAS_HOME/models, else ~/.keras/models)."""
     return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
 
 
-def _imagenet_backbone(name: str, spec: Backbone, make):
+def _imagenet_backbone(name: str, spec: Backbone, make: MakeBackbone) -> keras.Model:
     """The backbone with ImageNet weights from Keras' cache or download; offline, one line naming the file."""
     cached = keras_cache_dir() / spec.imagenet_file
-    hint = (f"put Keras' file {spec.imagenet_file} in {cached.parent}/ (where Keras keeps its downloads), or pass "
-            f"weights: PATH to a weights file for {name}, or weights: none to start from random weights")
+    hint = (
+        f"put Keras' file {spec.imagenet_file} in {cached.parent}/ (where Keras keeps its downloads), or pass "
+        f"weights: PATH to a weights file for {name}, or weights: none to start from random weights"
+    )
     if not cached.is_file() and os.environ.get("IMGTRAIN_OFFLINE") == "1":
         raise ConfigError(f"ImageNet weights for {name} are not in Keras' cache and IMGTRAIN_OFFLINE=1; {hint}")
     try:
@@ -62,12 +71,15 @@ def _imagenet_backbone(name: str, spec: Backbone, make):
     except Exception as err:  # Keras raises a bare Exception for a failed download
         if "fetch failure" not in str(err) and "URL" not in str(err):
             raise
-        why = "the cached file does not match Keras' checksum and a new download failed" if cached.is_file() \
+        why = (
+            "the cached file does not match Keras' checksum and a new download failed"
+            if cached.is_file()
             else "no network?"
-        raise ConfigError(f"cannot download ImageNet weights for {name} ({why}); {hint}") from None
+        )
+        raise ConfigError(f"cannot download ImageNet weights for {name} ({why}); {hint}") from err
 
 
-def _weights_file_backbone(name: str, path: str, make):
+def _weights_file_backbone(name: str, path: str, make: MakeBackbone) -> keras.Model:
     """The backbone with weights read from `path`; a file that does not fit names the first layer that disagrees."""
     if not Path(path).is_file():
         raise ConfigError(f"weights file {path!r} not found; valid weights: imagenet, none, or a path to a file")
@@ -92,20 +104,23 @@ def _snake(name: str) -> str:
     return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
-def _stored_shapes(model, path: str) -> list[list[tuple] | None]:
+def _stored_shapes(model: keras.Model, path: str) -> list[list[tuple[int, ...]] | None]:
     """The weight shapes a Keras weights file holds for each layer of `model` that has weights (None: nothing).
     Legacy HDF5 files (the ImageNet downloads) are matched by order, as Keras loads them; Keras 3 `.weights.h5`
     files by the entry Keras names after each layer's class and its count (`conv2d_3`)."""
     import h5py
 
+    out: list[list[tuple[int, ...]] | None]
+    seen: dict[str, int]
     with h5py.File(path, "r") as f:
         root = f["model_weights"] if "model_weights" in f else f
         if "layer_names" in root.attrs:
             out = []
             for raw in root.attrs["layer_names"]:
                 group = root[raw.decode() if isinstance(raw, bytes) else raw]
-                shapes = [tuple(group[w.decode() if isinstance(w, bytes) else w].shape)
-                          for w in group.attrs["weight_names"]]
+                shapes = [
+                    tuple(group[w.decode() if isinstance(w, bytes) else w].shape) for w in group.attrs["weight_names"]
+                ]
                 if shapes:
                     out.append(shapes)
             return out
@@ -120,7 +135,7 @@ def _stored_shapes(model, path: str) -> list[list[tuple] | None]:
         return out
 
 
-def first_mismatch(model, path: str) -> str | None:
+def first_mismatch(model: keras.Model, path: str) -> str | None:
     """'the first layer that disagrees is ...' between `model` and a weights file; None when every layer with
     weights finds the same shapes in the file and the file holds no more."""
     layers = [layer for layer in model.layers if layer.weights]
@@ -130,20 +145,22 @@ def first_mismatch(model, path: str) -> str | None:
         got = stored[i] if i < len(stored) else None
         if got != want:
             held = "nothing" if got is None else got
-            return (f"the first layer that disagrees is {layer.name!r} ({type(layer).__name__}): the file holds "
-                    f"{held}, the model needs {want}")
+            return (
+                f"the first layer that disagrees is {layer.name!r} ({type(layer).__name__}): the file holds "
+                f"{held}, the model needs {want}"
+            )
     if len(stored) > len(layers):
         return f"the file holds weights for {len(stored)} layers, the model has {len(layers)}"
     return None
 
 
-def backbone_layer(name: str, input_shape, weights: str = "imagenet") -> keras.Model:
+def backbone_layer(name: str, input_shape: Sequence[int], weights: str = "imagenet") -> keras.Model:
     """The bare pretrained network (include_top=False) named "backbone", for an RGB input of `input_shape`."""
     spec = BACKBONES[name]
     ctor = getattr(keras.applications, spec.constructor)
     extra = {"include_preprocessing": True} if "include_preprocessing" in ctor.__code__.co_varnames else {}
 
-    def make(w):
+    def make(w: str | None) -> keras.Model:
         return ctor(include_top=False, weights=w, input_shape=(*input_shape[:2], 3), **extra)
 
     if weights == "imagenet":
@@ -156,8 +173,15 @@ def backbone_layer(name: str, input_shape, weights: str = "imagenet") -> keras.M
     return base
 
 
-def transfer_model(name: str, input_shape, num_classes: int, augment: str = "none", *, weights: str = "imagenet",
-                   dropout: float = 0.2) -> keras.Model:
+def transfer_model(
+    name: str,
+    input_shape: Sequence[int],
+    num_classes: int,
+    augment: str = "none",
+    *,
+    weights: str = "imagenet",
+    dropout: float = 0.2,
+) -> keras.Model:
     """raw pixels -> [gray to RGB] -> augmentation -> [backbone preprocessing] -> backbone -> pooling, dropout,
     softmax. Augmentation acts on 0-255 pixels before the backbone's own scaling, and only in training."""
     if augment not in AUGMENTS:
@@ -177,19 +201,28 @@ def transfer_model(name: str, input_shape, num_classes: int, augment: str = "non
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     if dropout:
         x = keras.layers.Dropout(dropout, name="head_dropout")(x)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", name="probs",
-                                 dtype="float32")(x)  # softmax in float32 under mixed precision
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="probs", dtype="float32")(
+        x
+    )  # softmax in float32 under mixed precision
     return keras.Model(inputs, outputs, name=name)
 
 
 def _register(name: str, spec: Backbone) -> None:
-    def build(input_shape, num_classes, augment="none", weights: str = "imagenet", dropout: float = 0.2):
+    def build(
+        input_shape: Sequence[int],
+        num_classes: int,
+        augment: str = "none",
+        weights: str = "imagenet",
+        dropout: float = 0.2,
+    ) -> keras.Model:
         return transfer_model(name, input_shape, num_classes, augment, weights=weights, dropout=dropout)
 
     build.__name__ = name
-    build.__doc__ = (f"{spec.constructor} (keras.applications; weights imagenet, none or a file), new head: "
-                     "pooling, dropout, softmax.")
-    build.default_size = spec.default_size
+    build.__doc__ = (
+        f"{spec.constructor} (keras.applications; weights imagenet, none or a file), new head: "
+        "pooling, dropout, softmax."
+    )
+    build.default_size = spec.default_size  # type: ignore[attr-defined]  # read back with getattr (cli catalog)
     register_model(build)
 
 

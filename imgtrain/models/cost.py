@@ -3,6 +3,7 @@
 Counts the convolutions and dense layers, which hold nearly all the arithmetic of these networks; pooling,
 normalisation and activations are left out. Nested models (a pretrained backbone) are walked into.
 """
+
 from __future__ import annotations
 
 import math
@@ -10,11 +11,11 @@ import math
 import keras
 
 
-def _layer_flops(layer) -> int:
+def _layer_flops(layer: keras.layers.Layer) -> int:
     if not hasattr(layer, "kernel"):
         return 0
-    kernel = tuple(layer.kernel.shape)
-    out = tuple(layer.output.shape[1:])  # (h, w, c) or (units,): one image
+    kernel: tuple[int, ...] = tuple(layer.kernel.shape)
+    out: tuple[int, ...] = tuple(layer.output.shape[1:])  # (h, w, c) or (units,): one image
     if isinstance(layer, keras.layers.DepthwiseConv2D):  # kernel (kh, kw, c_in, multiplier)
         return 2 * math.prod(kernel[:2]) * math.prod(out)
     if isinstance(layer, keras.layers.Conv2D):  # kernel (kh, kw, c_in / groups, c_out)
@@ -24,7 +25,7 @@ def _layer_flops(layer) -> int:
     return 0
 
 
-def forward_mflops(model) -> float:
+def forward_mflops(model: keras.Model) -> float:
     """Forward MFLOPs for one image at the model's input size."""
     total, stack = 0, list(model.layers)
     while stack:

@@ -1,4 +1,0 @@
-"""Serving a trained model over HTTP (`imgtrain serve`)."""
-from .app import create_app
-
-__all__ = ["create_app"]
