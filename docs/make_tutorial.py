@@ -103,7 +103,7 @@ print("test accuracy", run001.metrics["test_accuracy"], "grad_norm per epoch", n
         """## Seed 002: dense networks on Fashion-MNIST
 
 The note's split (`train_test_split(test_size=0.2, random_state=42)`) is `val_split=0.2, seed=42`; its
-`Dense(100, sigmoid)` network is the registry's `mlp` with options. `imgtrain.plots.curves` draws what the note
+`Dense(100, sigmoid)` network is the registry's `mlp` with options. `imgtrain.analysis.plots.curves` draws what the note
 plotted from `history.history`.""",
     ),
     (
@@ -116,7 +116,7 @@ fashion.show_batch(20)""",
         """run002 = train(dataset="fashion_mnist", model="mlp", val_split=0.2, seed=42, epochs=2 if SMALL else 10,
                model_options={"width": 100, "activation": "sigmoid", "dropout": 0.0}, train_limit=LIMIT,
                report=False)
-imgtrain.plots.curves(run002.history)""",
+imgtrain.analysis.plots.curves(run002.history)""",
     ),
     (
         "md",
@@ -139,7 +139,7 @@ print("true     ", [fashion.class_names[i] for i in fashion.test.y[:8]])""",
     ),
     (
         "code",
-        """scores = imgtrain.evaluate(model, fashion.test, fashion.class_names)  # a dict, per class included
+        """scores = imgtrain.analysis.evaluate(model, fashion.test, fashion.class_names)  # a dict, per class included
 print({k: round(v, 4) for k, v in scores.items() if isinstance(v, float)})
 scores["per_class"]["Shirt"]""",
     ),
@@ -188,7 +188,7 @@ x, y = test.x[:6], test.y[:6]
 why = imgtrain.explain(run004.model, x)  # for the predicted class
 why_true = imgtrain.explain(run004.model, x, class_index=y)  # for the true class
 print(why.method, why.layer, why.heatmaps.shape)
-imgtrain.plots.heatmaps(x, why.heatmaps, why_true.heatmaps, y, why.probs, clothes.class_names, why.method,
+imgtrain.analysis.plots.heatmaps(x, why.heatmaps, why_true.heatmaps, y, why.probs, clothes.class_names, why.method,
                         title="the first test images")""",
     ),
 ]

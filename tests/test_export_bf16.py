@@ -108,7 +108,7 @@ def test_onnx_graph_has_no_bfloat16_and_no_augmentation(demo_run, tmp_path):
 
 
 def test_runtime_failure_is_one_line_and_leaves_nothing(demo_run, tmp_path, monkeypatch):
-    import imgtrain.export as exporting
+    import imgtrain.ship.export as exporting
 
     def broken(fmt, path):  # what ONNX Runtime raised for the bfloat16 demo model before the fix
         raise RuntimeError(
