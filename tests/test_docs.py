@@ -27,7 +27,7 @@ def test_every_dotted_name_the_docs_use_resolves_after_import_imgtrain():
 
 def test_import_imgtrain_stays_light():
     proc = subprocess.run(
-        [sys.executable, "-c", "import imgtrain, sys; imgtrain.plots; print('keras' in sys.modules)"],
+        [sys.executable, "-c", "import imgtrain, sys; imgtrain.analysis.plots; print('keras' in sys.modules)"],
         capture_output=True,
         text=True,
         timeout=120,
