@@ -15,6 +15,7 @@ The sources:
 from __future__ import annotations
 
 import inspect
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -41,7 +42,7 @@ class Dataset(Protocol):
     def num_classes(self) -> int: ...
 
 
-class ModelSource:
+class ModelSource(ABC):
     """The interface: what a run needs to know of where its model comes from. The defaults fit a registered model."""
 
     name: str  # config.yaml's `model`
@@ -54,9 +55,9 @@ class ModelSource:
         """(policy, why) when the model dictates its precision, else None (the run chooses)."""
         return None
 
+    @abstractmethod
     def build(self, cfg: TrainConfig, ds: Dataset) -> tuple[keras.Model, Origin | None]:
         """(the model to train, where it came from for run.json: None for a fresh model)."""
-        raise NotImplementedError
 
     def resume(self, path: Path, model: keras.Model) -> keras.Model:
         """last.keras of an unfinished run of this model: weights and optimizer state."""
@@ -137,8 +138,9 @@ class FromPython(ModelSource):
     def build(self, cfg: TrainConfig, ds: Dataset) -> tuple[keras.Model, Origin | None]:
         return check_built(self._built(ds), cfg.model, ds), None
 
+    @abstractmethod
     def _built(self, ds: Dataset) -> Any:
-        raise NotImplementedError
+        """The object the user gave (a model) or what it builds for these data (a builder), not yet checked."""
 
     def resume(self, path: Path, model: keras.Model) -> keras.Model:
         """last.keras loaded with the user's class, registered with Keras or not (its train_step goes on)."""
