@@ -139,7 +139,7 @@ print("true     ", [fashion.class_names[i] for i in fashion.test.y[:8]])""",
     ),
     (
         "code",
-        """scores = imgtrain.analysis.evaluate(model, fashion.test, fashion.class_names)  # a dict, per class included
+        """scores = imgtrain.evaluate(model, fashion.test, fashion.class_names)  # a dict, per class included
 print({k: round(v, 4) for k, v in scores.items() if isinstance(v, float)})
 scores["per_class"]["Shirt"]""",
     ),

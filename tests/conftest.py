@@ -89,6 +89,17 @@ def fashion_files(tmp_path_factory, fashion):
 
 
 @pytest.fixture(scope="session")
+def mnist_pngs(tmp_path_factory):
+    """The first 40 MNIST test digits as PNG files in folder/<digit>/<i>.png; returns (folder, their labels)."""
+    from imgtrain.data import load_dataset
+
+    ds = load_dataset("mnist", val_split=0, test_limit=40)
+    folder = tmp_path_factory.mktemp("pngs")
+    write_pngs(folder, ds.test.x, ds.test.y, [str(i) for i in range(10)])
+    return folder, ds.test.y
+
+
+@pytest.fixture(scope="session")
 def mnist_run(tmp_path_factory):
     """`imgtrain train --dataset mnist --model cnn_small --epochs 1` run through the CLI, as the README shows."""
     out = tmp_path_factory.mktemp("runs") / "mnist-1"

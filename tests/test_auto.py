@@ -7,7 +7,7 @@ import json
 import pytest
 import yaml
 
-from imgtrain.core.auto import auto_batch, choose, cpu_info, resolve, resolve_batch
+from imgtrain.core.auto import BF16_CPU_FLAGS, auto_batch, choose, cpu_info, resolve, resolve_batch, usable_flags
 from imgtrain.core.config import make_config
 
 XEON_FLAGS = {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}
@@ -82,3 +82,29 @@ def test_a_default_run_records_and_applies_this_machines_choice(mnist_run):
     conv = next(layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D))
     assert conv.dtype_policy.name == expect
     assert f"precision {expect}: {why}" in (out / "train.log").read_text()
+
+
+@pytest.mark.parametrize(
+    "cap, kept",
+    [
+        (None, {"avx512_bf16", "amx_bf16"}),
+        ("ALL", {"avx512_bf16", "amx_bf16"}),  # oneDNN's own word for no cap
+        ("AVX2", set()),  # an AVX2-only laptop: no bfloat16 kernels at all
+        ("AVX512_CORE", set()),
+        ("AVX512_CORE_BF16", {"avx512_bf16"}),  # an EPYC with AVX512-BF16 and no AMX
+        ("avx512_core_amx", {"avx512_bf16", "amx_bf16"}),
+    ],
+)
+def test_onednn_max_cpu_isa_takes_away_the_bfloat16_flags_it_caps(cap, kept):
+    assert usable_flags(XEON_FLAGS, cap) & BF16_CPU_FLAGS == kept
+    assert usable_flags(XEON_FLAGS, cap) >= XEON_FLAGS - BF16_CPU_FLAGS  # the other flags stay
+
+
+def test_auto_keeps_float32_where_onednn_is_capped_below_bfloat16_and_says_so(monkeypatch):
+    monkeypatch.setattr("imgtrain.core.auto.cpu_info", lambda: ("a Xeon", set(XEON_FLAGS)))
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    cfg, record = resolve(make_config(dataset="mnist", model="cnn_small"))
+    assert cfg.precision == "float32"
+    assert record["why"] == "ONEDNN_MAX_CPU_ISA=AVX2 keeps oneDNN from this CPU's amx_bf16, avx512_bf16"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
+    assert resolve(make_config(dataset="mnist", model="cnn_small"))[0].precision == "mixed_bfloat16"

@@ -3,17 +3,7 @@ import io
 import json
 
 import pytest
-from conftest import run_cli, write_pngs
-
-
-@pytest.fixture(scope="module")
-def mnist_pngs(tmp_path_factory):
-    from imgtrain import load_dataset
-
-    ds = load_dataset("mnist", val_split=0, test_limit=40)
-    folder = tmp_path_factory.mktemp("pngs")
-    write_pngs(folder, ds.test.x, ds.test.y, [str(i) for i in range(10)])
-    return folder, ds.test.y
+from conftest import run_cli
 
 
 def test_evaluate_prints_a_table_and_writes_json(mnist_run):

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import httpx
 import numpy as np
 import pytest
-from conftest import IMGTRAIN, ROOT, chromium, free_port, run_cli, wait_until_healthy, write_pngs
+from conftest import IMGTRAIN, ROOT, chromium, free_port, run_cli, wait_until_healthy
 from PIL import Image
 
 LIMITS = ["--max-upload-mb", "0.05", "--max-files", "4", "--max-pixels", "1000000"]
@@ -51,13 +51,9 @@ def server(served):
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    from imgtrain import load_dataset
-
-    ds = load_dataset("mnist", val_split=0, test_limit=20)
-    folder = tmp_path_factory.mktemp("digits")
-    write_pngs(folder, ds.test.x, ds.test.y, [str(i) for i in range(10)])
-    return sorted(folder.rglob("*.png"))
+def digits(mnist_pngs):
+    """20 of the shared MNIST test PNGs, every other one in path order (so most digits are there)."""
+    return sorted(mnist_pngs[0].rglob("*.png"))[::2]
 
 
 def _png(size=(28, 28), mode="L", noise=False) -> bytes:
@@ -424,6 +420,9 @@ def test_tritonclient_gets_a_clear_400_for_a_malformed_tensor(v2, case, status, 
     assert (err.value.status(), err.value.message()) == (str(status), message)
 
 
+GOOD_TENSOR = {"name": "image", "shape": [1, 28, 28, 1], "datatype": "UINT8", "data": [0] * 784}
+
+
 @pytest.mark.parametrize(
     "body, header, message",
     [
@@ -467,10 +466,115 @@ def test_tritonclient_gets_a_clear_400_for_a_malformed_tensor(v2, case, status, 
             "bytes follow the JSON",
         ),
         (b"{}", "99", "Inference-Header-Content-Length '99' is not a byte count within the body's 2 bytes"),
+        # found by hostile requests on another machine (each a 500 with a traceback before)
+        (b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", None, "the request's JSON is nested too deeply"),
+        (
+            json.dumps({"inputs": [{**GOOD_TENSOR, "parameters": [1]}]}).encode(),
+            None,
+            "'parameters' of input 'image' must be an object, not an array",
+        ),
+        (
+            json.dumps({"inputs": [GOOD_TENSOR], "parameters": ["binary_data_output"]}).encode(),
+            None,
+            "'parameters' of the request must be an object, not an array",
+        ),
+        (
+            json.dumps({"inputs": [GOOD_TENSOR], "outputs": [{"name": "probabilities", "parameters": 3}]}).encode(),
+            None,
+            "'parameters' of output 'probabilities' must be an object, not a number",
+        ),
+        (
+            json.dumps({"inputs": [{**GOOD_TENSOR, "datatype": ["UINT8"]}]}).encode(),
+            None,
+            "input 'image' has datatype ['UINT8']; valid: UINT8, FP32",
+        ),
+        (
+            json.dumps({"inputs": [{**GOOD_TENSOR, "data": [10**400] + [0] * 783}]}).encode(),
+            None,
+            "input 'image': 'data' must be numbers",
+        ),
+        (
+            json.dumps({"inputs": [GOOD_TENSOR], "id": 7}).encode(),
+            None,
+            "the request's 'id' must be a string, not a number",
+        ),
     ],
 )
 def test_malformed_requests_get_a_json_error_and_the_server_goes_on(v2, server, body, header, message):
     headers = {"Inference-Header-Content-Length": header} if header else {}
     r = httpx.post(f"{server}/v2/models/{v2.name}/infer", content=body, headers=headers)
     assert (r.status_code, r.json()) == (400, {"error": message})
+    assert v2.client.is_server_ready()
+
+
+# The /v2 body bound at the test server's limits: 64 KiB of JSON around the data, then 48 bytes for each value of
+# --max-files 4 images of 28x28x1 (v2.BYTES_PER_VALUE); under the whole-body limit (4 files of 0.05 MiB + 64 KiB).
+V2_LIMIT = 65536 + 4 * 28 * 28 * 48
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_a_v2_body_over_what_the_largest_request_needs_is_refused_before_it_is_parsed(v2, server, framing):
+    body = b'{"inputs": [{"name": "image", "shape": [1, 28, 28, 1], "datatype": "FP32", "data": [' + b"0.0," * 60_000
+    assert V2_LIMIT < len(body) < 4 * int(0.05 * 2**20) + 65536
+    content = body if framing == "content-length" else (body[i : i + 4096] for i in range(0, len(body), 4096))
+    r = httpx.post(f"{server}/v2/models/{v2.name}/infer", content=content)
+    why = f"over the {V2_LIMIT:,} bytes that 4 images at this model's input size can need"
+    want = f"a body of {len(body):,} bytes is {why}" if framing == "content-length" else f"the body is {why}"
+    assert (r.status_code, r.json()) == (413, {"error": want})
+    assert v2.client.is_server_ready()
+
+
+def _v2_requests():
+    """Structure-aware /v2 requests: each field either valid, a near miss or any JSON value, so that most requests
+    get past json.loads and the shape checks to the code behind them."""
+    from hypothesis import strategies as st
+
+    anything = st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=6),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+        max_leaves=10,
+    )
+    pixels = st.integers(0, 255).map(lambda v: [v] * 784)
+    tensor = st.fixed_dictionaries(
+        {
+            "name": st.just("image") | anything,
+            "shape": st.just([1, 28, 28, 1]) | st.lists(st.integers(-2, 30), max_size=5) | anything,
+            "datatype": st.sampled_from(["UINT8", "FP32", "INT64", "BYTES"]) | anything,
+            "data": pixels | st.lists(st.floats() | st.integers(), max_size=4) | anything,
+        },
+        optional={"parameters": st.fixed_dictionaries({"binary_data_size": anything}) | anything},
+    )
+    output = st.fixed_dictionaries(
+        {"name": st.just("probabilities") | anything},
+        optional={
+            "parameters": st.fixed_dictionaries({}, optional={"classification": anything, "binary_data": anything})
+            | anything
+        },
+    )
+    return st.fixed_dictionaries(
+        {"inputs": st.lists(tensor, min_size=1, max_size=2) | anything},
+        optional={
+            "outputs": st.lists(output, max_size=2) | anything,
+            "parameters": st.fixed_dictionaries({"binary_data_output": anything}) | anything,
+            "id": st.text(max_size=6) | anything,
+        },
+    )
+
+
+def test_fuzzed_v2_requests_get_an_answer_or_a_4xx_json_error_never_a_5xx(v2, server):
+    from hypothesis import HealthCheck, given, settings
+
+    seen = set()
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(_v2_requests())
+    def check(request):
+        r = httpx.post(f"{server}/v2/models/{v2.name}/infer", content=json.dumps(request).encode())
+        assert r.status_code < 500, (request, r.text)
+        answer = r.json()
+        assert ("outputs" in answer) if r.status_code == 200 else (set(answer) == {"error"}), (request, answer)
+        seen.add(r.status_code)
+
+    check()
+    assert seen >= {200, 400}, "the requests reached both the answer and the checks"
     assert v2.client.is_server_ready()

@@ -200,8 +200,8 @@ def test_tune_logs_each_trial_as_a_child_of_the_search(server, tmp_path):
 WORKER = """
 import sys
 from pathlib import Path
-from imgtrain.config import make_config
-from imgtrain.tracking import start_search
+from imgtrain.core.config import make_config
+from imgtrain.training.tracking import start_search
 cfg = make_config(dataset="mnist", model="mlp", track="mlflow", tracking_uri=sys.argv[1], experiment="workers")
 print(start_search(cfg, Path(sys.argv[2])).run_id)
 """
@@ -266,6 +266,27 @@ def test_without_mlflow_installed_track_mlflow_is_one_line_and_writes_nothing(tm
         "track: none turns tracking off"
     ]
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("uri", ["file://{tmp}/mlruns", "{tmp}/mlruns", "file:{tmp}/mlruns"])
+def test_mlflows_file_store_is_one_line_naming_the_database_and_writes_nothing(tmp_path, uri):
+    uri = uri.format(tmp=tmp_path)
+    proc = run_cli(*ARGS, "--set", f"tracking_uri={uri}", "--out", tmp_path / "run", check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"error: tracking_uri {uri!r} is MLflow's file store, which MLflow 3 refuses to open; use a database, "
+        f"tracking_uri=sqlite:///{tmp_path}/mlflow.db, or a tracking server, tracking_uri=http://HOST:PORT"
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_store_that_cannot_open_is_one_warning_like_a_server_that_is_down(tmp_path):
+    """A URI scheme MLflow has no store for: MlflowClient itself fails, before any call."""
+    uri = "nosuch://x"
+    proc = run_cli(*ARGS, "--epochs", "1", "--no-report", "--set", f"tracking_uri={uri}", "--out", tmp_path / "run")
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning: mlflow")]
+    assert len(warnings) == 1 and warnings[0].startswith(f"warning: mlflow: cannot open the tracking store at {uri} ")
+    assert warnings[0].endswith("; training goes on without tracking"), warnings
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "done"
 
 
 def test_a_run_without_tracking_never_imports_mlflow(tmp_path):

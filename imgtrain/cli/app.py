@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, List, Optional
@@ -391,6 +392,16 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    except Exception as err:  # a failure inside a framework (or a bug): one line; the traceback on request
+        if os.environ.get("IMGTRAIN_DEBUG"):
+            raise
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        typer.echo(
+            f"error: {type(err).__name__}: {lines[0][:300] if lines else 'no message'} "
+            "(IMGTRAIN_DEBUG=1 shows the traceback)",
+            err=True,
+        )
+        sys.exit(1)
 
 
 if __name__ == "__main__":

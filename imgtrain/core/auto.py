@@ -16,6 +16,7 @@ convolutions (MobileNet, EfficientNet, ConvNeXt) gain nothing or lose, so they k
 from __future__ import annotations
 
 import math
+import os
 import platform
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,13 @@ if TYPE_CHECKING:
 
 POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
 BF16_CPU_FLAGS = {"avx512_bf16", "amx_bf16"}  # /proc/cpuinfo flags of CPUs with bfloat16 dot products
+# oneDNN's ISA ladder (ONEDNN_MAX_CPU_ISA caps what TensorFlow's kernels use): the first rung that computes bfloat16
+# with each flag. Capped below it, a bfloat16 convolution finds no kernel ("could not create a primitive").
+ONEDNN_ISAS = (
+    "SSE41 AVX AVX2 AVX2_VNNI AVX2_VNNI_2 AVX512_CORE AVX512_CORE_VNNI AVX512_CORE_BF16 AVX512_CORE_FP16 "
+    "AVX10_1_512 AVX512_CORE_AMX AVX10_1_512_AMX AVX512_CORE_AMX_FP16 AVX10_1_512_AMX_FP16"
+).split()
+BF16_FROM_ISA = {"avx512_bf16": "AVX512_CORE_BF16", "amx_bf16": "AVX512_CORE_AMX"}
 # models that keep float32 on a CPU with bfloat16, by name prefix, and why (measured: docs/speed.md)
 FLOAT32_ON_CPU = {
     "mlp": "a dense network is memory-bound: bfloat16 trains it no faster on a CPU and cost validation accuracy",
@@ -44,6 +52,15 @@ def cpu_info() -> tuple[str, set[str]]:
     except OSError:
         pass
     return fields.get("model name") or platform.processor() or platform.machine(), set(fields.get("flags", "").split())
+
+
+def usable_flags(flags: set[str], max_isa: str | None) -> set[str]:
+    """`flags` less the bfloat16 ones that oneDNN may not use under ONEDNN_MAX_CPU_ISA=`max_isa` (None, "ALL",
+    "DEFAULT" or a name it does not know: no cap)."""
+    cap = (max_isa or "").upper()
+    if cap not in ONEDNN_ISAS:
+        return flags
+    return {f for f in flags if f not in BF16_FROM_ISA or ONEDNN_ISAS.index(cap) >= ONEDNN_ISAS.index(BF16_FROM_ISA[f])}
 
 
 def gpu_capability(backend: str) -> tuple[str, float] | None:
@@ -116,7 +133,11 @@ def resolve(cfg: TrainConfig, fixed: tuple[str, str] | None = None) -> tuple[Tra
     if started in POLICIES:
         policy, why = started, "the precision this unfinished run started with"
     else:
-        policy, why = choose(cfg.model, cpu_info()[1], gpu_capability(cfg.backend))
+        flags, cap = cpu_info()[1], os.environ.get("ONEDNN_MAX_CPU_ISA")
+        usable = usable_flags(flags, cap) if cfg.backend == "tensorflow" else flags  # TF's CPU kernels: oneDNN's
+        policy, why = choose(cfg.model, usable, gpu_capability(cfg.backend))
+        if BF16_CPU_FLAGS & (flags - usable) and not BF16_CPU_FLAGS & usable:
+            why = f"ONEDNN_MAX_CPU_ISA={cap} keeps oneDNN from this CPU's {', '.join(sorted(flags - usable))}"
     return cfg.model_copy(update={"precision": policy}), {"asked": "auto", "chosen": policy, "why": why}
 
 

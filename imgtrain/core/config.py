@@ -165,7 +165,8 @@ class TrainConfig(BaseModel):
     tracking_uri: Optional[str] = Field(
         None,
         description="where MLflow tracks: http://HOST:PORT for a server, or a local store; None: "
-        "$MLFLOW_TRACKING_URI, else ./mlruns (no server needed)",
+        "$MLFLOW_TRACKING_URI, else MLflow's default, sqlite:///mlflow.db in the working directory (no server "
+        "needed; MLflow 3 refuses its older file store, ./mlruns)",
     )
     experiment: str = Field("imgtrain", min_length=1, description="the MLflow experiment the run goes in")
 

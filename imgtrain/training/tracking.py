@@ -18,6 +18,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast
+from urllib.parse import urlparse
 
 from imgtrain.core.errors import ConfigError
 
@@ -57,6 +58,19 @@ def require(cfg: TrainConfig) -> None:
             "track 'mlflow' needs the [mlflow] extra (mlflow not installed): pip install 'imgtrain[mlflow]'; "
             "track: none turns tracking off"
         )
+    uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+    if file_store(uri) and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("1", "true"):
+        where = Path(urlparse(uri).path or "mlruns").absolute().parent / "mlflow.db"
+        raise ConfigError(
+            f"tracking_uri {uri!r} is MLflow's file store, which MLflow 3 refuses to open; use a database, "
+            f"tracking_uri=sqlite:///{where}, or a tracking server, tracking_uri=http://HOST:PORT"
+        )
+
+
+def file_store(uri: str) -> bool:
+    """Whether `uri` names MLflow's classic file store: file://... or a plain path ("./mlruns", "/data/mlruns")."""
+    scheme = uri.split(":", 1)[0].lower() if ":" in uri else ""
+    return scheme == "file" or (bool(uri) and not scheme)
 
 
 class Tracker:
@@ -80,13 +94,17 @@ class Tracker:
         try:
             return getattr(self.client, method)(*args, **kwargs)
         except Exception as err:  # noqa: BLE001 - any failure of the tracker must leave training alone
-            self.client = None
-            message = f"mlflow: cannot {what} at {self.uri} ({_cause(err)}); training goes on without tracking"
-            self.record["error"] = message  # in place: run.json holds this dict
-            if self.log is not None:
-                self.log.warning(message)
-            print(f"warning: {message}", file=sys.stderr, flush=True)
+            self.fail(what, err)
             return None
+
+    def fail(self, what: str, err: Exception) -> None:
+        """Tracking off for the rest of the run, said once on stderr and in train.log, kept in run.json."""
+        self.client = None
+        message = f"mlflow: cannot {what} at {self.uri} ({_cause(err)}); training goes on without tracking"
+        self.record["error"] = message  # in place: run.json holds this dict
+        if self.log is not None:
+            self.log.warning(message)
+        print(f"warning: {message}", file=sys.stderr, flush=True)
 
     def epoch(self, epoch: int, logs: dict[str, Any]) -> None:
         if self.client is None:  # before building the metrics: without tracking, MLflow is never imported
@@ -155,7 +173,10 @@ def _client(uri: str | None, log: logging.Logger | None) -> Tracker:
     from mlflow.tracking import MlflowClient
 
     tracker = Tracker(uri or mlflow.get_tracking_uri(), log)
-    tracker.client = MlflowClient(tracking_uri=tracker.uri)
+    try:  # a store that cannot open (a bad URI, a database it cannot create) is a server that is down
+        tracker.client = MlflowClient(tracking_uri=tracker.uri)
+    except Exception as err:  # noqa: BLE001 - as in Tracker.call
+        tracker.fail("open the tracking store", err)
     return tracker
 
 

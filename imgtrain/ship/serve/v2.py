@@ -29,13 +29,27 @@ DTYPES: dict[str, type[np.generic]] = {
     "FP32": np.float32,
 }  # what the input accepts; the model computes in float32
 HEADER = "Inference-Header-Content-Length"
+# The most a request's body may need, per input value: a JSON number (up to 32 characters: "-1.2345678901234567e-308"
+# has 24) and its share of commas, brackets and spaces. A body over max_images images of this is refused before it
+# is read, so that a 100 MB body of numbers for a one-image shape is never parsed (parsing costs ~10x its size).
+BYTES_PER_VALUE = 48
+HEAD_BYTES = 65536  # the JSON around the data: names, shape, parameters, outputs
+JSON_TYPES = {
+    dict: "an object",
+    list: "an array",
+    str: "a string",
+    int: "a number",
+    float: "a number",
+    bool: "a boolean",
+}
 
 
 class ProtocolError(Exception):
     """A request that the protocol cannot serve: its HTTP status and one-line message."""
 
     def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
+        # a message may quote the request, and JSON may carry lone surrogates that UTF-8 cannot encode
+        super().__init__(message.encode("utf-8", "backslashreplace").decode("utf-8"))
         self.status = status
 
 
@@ -79,9 +93,11 @@ def add_v2(
         check_model(model, version)
         return {"name": name, "ready": True}
 
+    limit = HEAD_BYTES + max_images * int(np.prod(shape)) * BYTES_PER_VALUE
+
     async def infer(request: Request, model: str, version: str | None = None) -> Response:
         check_model(model, version)
-        req, tail = _split(await request.body(), request.headers.get(HEADER))
+        req, tail = _split(await _body(request, limit, max_images), request.headers.get(HEADER))
         images = _input(req, tail, input_name, shape, max_images)
         probs = np.asarray(await batcher(images), np.float32)
         return _answer(req, probs, names, name)
@@ -98,6 +114,32 @@ def add_v2(
         app.post(prefix + "/infer", tags=["v2"])(infer)
 
 
+async def _body(request: Request, limit: int, max_images: int) -> bytes:
+    """The request's body, refused (413) as soon as it is known to be over `limit` bytes: before reading when its
+    Content-Length says so, else the moment the bytes read pass it."""
+    why = f"over the {limit:,} bytes that {max_images} images at this model's input size can need"
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise ProtocolError(413, f"a body of {int(length):,} bytes is {why}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ProtocolError(413, f"the body is {why}")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _params(obj: dict[str, Any], where: str) -> dict[str, Any]:
+    """The `parameters` object of a request, input or output (none: {}); any other JSON value is a 400."""
+    params = obj.get("parameters")
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise ProtocolError(400, f"'parameters' of {where} must be an object, not {JSON_TYPES.get(type(params))}")
+    return params
+
+
 def _split(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
     """(the request's JSON, the binary tensor data after it)."""
     if header_length is None:
@@ -110,8 +152,12 @@ def _split(body: bytes, header_length: str | None) -> tuple[dict[str, Any], byte
         req = json.loads(body[:n])
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ProtocolError(400, f"the request is not valid JSON: {err}") from err
+    except RecursionError as err:  # Python's parser recurses once per level
+        raise ProtocolError(400, "the request's JSON is nested too deeply") from err
     if not isinstance(req, dict):
         raise ProtocolError(400, "the request must be a JSON object with 'inputs'")
+    if "id" in req and not isinstance(req["id"], str):
+        raise ProtocolError(400, f"the request's 'id' must be a string, not {JSON_TYPES.get(type(req['id']))}")
     return req, body[n:]
 
 
@@ -135,12 +181,12 @@ def _input(req: dict[str, Any], tail: bytes, input_name: str, shape: tuple[int, 
         raise ProtocolError(400, f"input {input_name!r} has shape {dims}; this model takes {want} (raw pixels, NHWC)")
     if dims[0] > max_images:
         raise ProtocolError(400, f"{dims[0]} images in one request; at most {max_images}")
-    datatype: Any = t.get("datatype")  # any JSON value; one that is no key of DTYPES gives None
-    dtype = DTYPES.get(datatype)
+    datatype = t.get("datatype")  # any JSON value: only a string may name a type
+    dtype = DTYPES.get(datatype) if isinstance(datatype, str) else None
     if dtype is None:
         raise ProtocolError(400, f"input {input_name!r} has datatype {t.get('datatype')!r}; valid: {', '.join(DTYPES)}")
     count = int(np.prod(dims))
-    size = (t.get("parameters") or {}).get("binary_data_size")
+    size = _params(t, f"input {input_name!r}").get("binary_data_size")
     if size is not None:
         if size != count * np.dtype(dtype).itemsize or len(tail) != size:
             raise ProtocolError(
@@ -163,7 +209,7 @@ def _json_data(data: Any, dtype: type[np.generic], count: int, input_name: str, 
         raise ProtocolError(400, f"input {input_name!r} has no 'data' and no binary_data_size")
     try:
         flat = np.asarray(data, np.float64).ravel()  # flat or nested lists, as the protocol allows
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, OverflowError, RecursionError) as err:  # OverflowError: an int over 1e308
         raise ProtocolError(400, f"input {input_name!r}: 'data' must be numbers") from err
     if flat.size != count:
         raise ProtocolError(400, f"input {input_name!r}: shape {dims} needs {count} values; 'data' has {flat.size}")
@@ -174,7 +220,7 @@ def _json_data(data: Any, dtype: type[np.generic], count: int, input_name: str, 
 
 def _answer(req: dict[str, Any], probs: np.ndarray, names: list[str], model: str) -> Response:
     """The response: each requested output (all by default) in JSON or as binary tensor data."""
-    binary_default = bool((req.get("parameters") or {}).get("binary_data_output", False))
+    binary_default = bool(_params(req, "the request").get("binary_data_output", False))
     wanted = req.get("outputs") or [{"name": OUTPUT}]
     if not isinstance(wanted, list) or not all(isinstance(o, dict) for o in wanted):
         raise ProtocolError(400, "'outputs' must be a list of objects with a 'name'")
@@ -182,7 +228,7 @@ def _answer(req: dict[str, Any], probs: np.ndarray, names: list[str], model: str
     for o in wanted:
         if o.get("name") != OUTPUT:
             raise ProtocolError(400, f"unknown output {o.get('name')!r}; this model's output is {OUTPUT!r}")
-        params = o.get("parameters") or {}
+        params = _params(o, f"output {OUTPUT!r}")
         k = params.get("classification", 0)
         if type(k) is not int or k < 0:
             raise ProtocolError(400, f"'classification' must be a whole number of classes (got {k!r})")
