@@ -7,7 +7,16 @@ import json
 import pytest
 import yaml
 
-from imgtrain.core.auto import BF16_CPU_FLAGS, auto_batch, choose, cpu_info, resolve, resolve_batch, usable_flags
+from imgtrain.core.auto import (
+    BF16_CPU_FLAGS,
+    DENSE_ONLY,
+    DEPTHWISE_WHY,
+    auto_batch,
+    choose,
+    resolve,
+    resolve_batch,
+    usable_flags,
+)
 from imgtrain.core.config import make_config
 
 XEON_FLAGS = {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}
@@ -31,7 +40,9 @@ OLD_CPU_FLAGS = {"avx2", "avx512f"}  # AVX-512 without bfloat16 dot products
     ],
 )
 def test_auto_chooses_per_hardware_and_model_and_says_why(model, flags, gpu, expect):
-    policy, why = choose(model, flags, gpu)
+    from imgtrain.models.kinds import registered_kinds
+
+    policy, why = choose(model, flags, gpu, registered_kinds(model, (32, 32, 3), "{}"))
     assert policy == expect
     assert why and (gpu is None or gpu[0] in why)
 
@@ -72,7 +83,10 @@ def test_a_default_run_records_and_applies_this_machines_choice(mnist_run):
     import keras
 
     out, _ = mnist_run
-    expect, why = choose("cnn_small", cpu_info()[1], None)
+    expect, why = (
+        resolve(make_config(dataset="mnist", model="cnn_small"))[0].precision,
+        resolve(make_config(dataset="mnist", model="cnn_small"))[1]["why"],
+    )
     info = json.loads((out / "run.json").read_text())
     assert info["precision"] == {"asked": "auto", "chosen": expect, "why": why}
     assert info["batch_size"] == {"asked": "auto", "chosen": 128, "why": "54000 training images: 422 steps an epoch"}
@@ -108,3 +122,51 @@ def test_auto_keeps_float32_where_onednn_is_capped_below_bfloat16_and_says_so(mo
     assert record["why"] == "ONEDNN_MAX_CPU_ISA=AVX2 keeps oneDNN from this CPU's amx_bf16, avx512_bf16"
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
     assert resolve(make_config(dataset="mnist", model="cnn_small"))[0].precision == "mixed_bfloat16"
+
+
+def _saved(tmp_path, name, *layers):
+    import keras
+
+    model = keras.Sequential([keras.Input((16, 16, 4)), *layers, keras.layers.Flatten(), keras.layers.Dense(3)])
+    model.save(tmp_path / f"{name}.keras")
+    return tmp_path / f"{name}.keras"
+
+
+def test_auto_decides_from_the_layers_a_model_contains_not_from_its_name(tmp_path):
+    """A renamed or hand-built model: what counts is whether it convolves, and how (ConvNeXt's depthwise
+    convolutions are Conv2D layers with groups)."""
+    import keras
+
+    from imgtrain.models.kinds import layer_kinds, saved_kinds
+
+    dense = saved_kinds(_saved(tmp_path, "cnn_but_dense", keras.layers.Dense(8)))
+    conv = saved_kinds(_saved(tmp_path, "mlp_but_conv", keras.layers.Conv2D(8, 3)))
+    grouped = saved_kinds(_saved(tmp_path, "plain", keras.layers.Conv2D(8, 3, groups=4)))
+    depthwise = layer_kinds(keras.Sequential([keras.Input((16, 16, 4)), keras.layers.DepthwiseConv2D(3)]))
+    assert (dense, conv) == ({"InputLayer", "Dense", "Flatten"}, {"InputLayer", "Conv2D", "Dense", "Flatten"})
+    assert "GroupedConv" in grouped and "DepthwiseConv2D" in depthwise
+    for kinds, expect in [(dense, DENSE_ONLY), (conv, None), (grouped, DEPTHWISE_WHY), (depthwise, DEPTHWISE_WHY)]:
+        policy, why = choose("any name", XEON_FLAGS, None, kinds)
+        assert (policy, why) == (
+            ("float32", f"any name: {expect} (this CPU has amx_bf16, avx512_bf16)")
+            if expect
+            else ("mixed_bfloat16", "this CPU has amx_bf16, avx512_bf16")
+        )
+
+
+def test_an_init_from_run_gets_the_precision_of_the_model_it_continues(tmp_path, monkeypatch):
+    """A run from an earlier MLP's file, with the default model name: float32 on a CPU with bfloat16 (the MLP's
+    rule), read from the file's layers without loading it."""
+    import keras
+
+    from imgtrain.models.source import model_source
+
+    monkeypatch.setattr("imgtrain.core.auto.cpu_info", lambda: ("a Xeon", set(XEON_FLAGS)))
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    path = _saved(tmp_path, "earlier", keras.layers.Dense(8))
+    cfg = make_config(dataset="mnist", init_from=str(path))
+    source = model_source(cfg)
+    policy, record = resolve(cfg, source.precision(cfg), lambda: source.kinds(cfg))
+    assert policy.precision == "float32" and record["why"].endswith(
+        f"{DENSE_ONLY} (this CPU has amx_bf16, avx512_bf16)"
+    )

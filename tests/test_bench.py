@@ -8,7 +8,7 @@ import statistics
 import pytest
 from conftest import run_cli
 
-from imgtrain.core.auto import auto_batch, choose, cpu_info
+from imgtrain.core.auto import auto_batch, choose, cpu_flags
 
 
 def _cells(table: str, first: str) -> list[str]:
@@ -140,7 +140,7 @@ def _check_process(p: dict, table: str) -> None:
     for job, model, note_batch in (("seed000", "cnn_small", 100), ("seed004", "cnn_bn", 200)):
         s = p["jobs"][job]
         note, ours, like = s["note"], s["imgtrain"], s["note_like_imgtrain"]
-        chosen = choose(model, cpu_info()[1], None)[0]
+        chosen = choose(model, cpu_flags("tensorflow"), None)[0]
         assert (note["precision"], note["batch_size"]) == ("float32", note_batch)
         batch = auto_batch(2700)[0]  # quick mode: 3,000 training images, 10 % held out for validation
         assert (ours["precision"], ours["batch_size"]) == (like["precision"], like["batch_size"]) == (chosen, batch)

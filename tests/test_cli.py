@@ -85,7 +85,10 @@ def test_predict_names_classes_in_three_formats(mnist_run, mnist_pngs):
             ["train", "--optimizer", "adamax"],
             "error: config optimizer: Input should be 'adam', 'adamw', 'sgd' or 'rmsprop'",
         ),
-        (["train", "--set", "epochz=3"], "error: unknown config key 'epochz'; valid keys: dataset, model"),
+        (
+            ["train", "--set", "epochz=3"],
+            "error: unknown config key 'epochz'; did you mean 'epochs'? (`imgtrain config` lists all)",
+        ),
         (["train", "--backend", "theano"], "error: config backend: Input should be 'tensorflow' or 'jax'"),
         (
             ["train", "--backend", "torch"],

@@ -13,11 +13,23 @@ def test_defaults_and_the_demo_job():
     assert (demo.dataset, demo.model, demo.precision) == ("fashion_mnist", "resnet9", "auto")
 
 
-def test_unknown_key_names_the_valid_keys():
+@pytest.mark.parametrize(
+    "key, message",
+    [
+        ("epochz", "unknown config key 'epochz'; did you mean 'epochs'? (`imgtrain config` lists all)"),
+        (
+            "lerning_rate",
+            "unknown config key 'lerning_rate'; did you mean 'learning_rate'? (`imgtrain config` lists all)",
+        ),
+        ("colour", "unknown config key 'colour'; valid keys: dataset, model, model_options, "),  # nothing close: all
+    ],
+)
+def test_an_unknown_key_suggests_the_close_one_or_lists_every_key(key, message):
     with pytest.raises(ConfigError) as err:
-        make_config(epochz=3)
-    msg = str(err.value)
-    assert "unknown config key 'epochz'" in msg and "epochs" in msg and "\n" not in msg
+        make_config(**{key: 3})
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+    if "valid keys" in message:
+        assert str(err.value).endswith("process_id, coordinator") and "epochs" in str(err.value)
 
 
 @pytest.mark.parametrize(

@@ -184,3 +184,30 @@ def test_every_model_of_imgtrain_gets_a_map_of_its_input_size(name):
     assert got.method == ("saliency" if name == "mlp" else "hirescam")
     assert got.heatmaps.shape == (3, 28, 28) and got.heatmaps.min() >= 0 and got.heatmaps.max() == 1.0
     assert (got.layer is None) == (name == "mlp")
+
+
+@pytest.mark.parametrize(
+    "images, message",
+    [
+        (
+            lambda x: x[:2] / 255.0,
+            r"pixels range over \[0, 0.784314\], as if divided by 255; this model takes raw pixels 0-255 and "
+            r"rescales them itself: pass images \* 255 \(or the uint8 images\)",
+        ),
+        (
+            lambda x: x[:2, ..., 0],
+            r"images have shape \(2, 28, 28\); this model takes \(n, 28, 28, 1\), raw pixels 0-255",
+        ),
+        (lambda x: x[:2] * 2.0, r"pixels range over \[0, 400\]; this model takes raw pixels 0-255"),
+        (lambda x: x[:2].astype(str), r"images have dtype <U3; pixels are numbers 0-255 \(uint8 or float\)"),
+    ],
+)
+def test_images_that_cannot_be_raw_pixels_are_one_line(images, message):
+    """A notebook's x / 255 would be rescaled again by the model: every map of a black image, without a word."""
+    from imgtrain.models import build_model
+
+    x = np.zeros((2, 28, 28, 1), np.uint8)
+    x[:, 10:18, 10:18] = 200
+    with pytest.raises(ImgtrainError, match=f"^{message}$"):
+        explain(build_model("cnn_small", (28, 28, 1), 10), images(x))
+    assert explain(build_model("cnn_small", (28, 28, 1), 10), x.astype(np.float32)).heatmaps.shape == (2, 28, 28)

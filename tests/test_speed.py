@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, run_cli, write_pngs
 
-from imgtrain.core.auto import choose, cpu_info
+from imgtrain.core.auto import choose, cpu_flags
 from imgtrain.core.config import make_config
 from imgtrain.core.errors import UnknownName
 from imgtrain.core.presets import PRESETS, preset_config
@@ -137,7 +137,7 @@ def test_preset_with_overrides_trains(tmp_path):
         tmp_path / "run",
     )
     cfg = (tmp_path / "run" / "config.yaml").read_text()
-    chosen = choose("cnn_small", cpu_info()[1], None)[0]  # precision auto, resolved on this machine
+    chosen = choose("cnn_small", cpu_flags("tensorflow"), None)[0]  # precision auto, resolved on this machine
     assert "model: cnn_small" in cfg and f"precision: {chosen}" in cfg and "label_smoothing: 0.1" in cfg
     assert "train_limit: 3000" in cfg and "epochs: 3" in cfg
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())

@@ -296,3 +296,41 @@ def test_class_weight_names_must_be_classes(tmp_path):
             verbose="quiet",
         )
     assert not (tmp_path / "r").exists(), "refused before anything was written"
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_weight_decay_of_a_slower_body_scales_with_the_bodys_rate(optimizer):
+    """Decoupled weight decay shrinks each weight by rate x decay a step. With a zero gradient (no Adam or SGD
+    step, only the decay), one step leaves the head at w (1 - lr wd) and a body at backbone_lr_mult = 0.1 at
+    w (1 - 0.1 lr wd): exact up to float32 rounding of one multiply."""
+    import keras
+
+    from imgtrain.core.config import make_config
+    from imgtrain.models import HEAD
+    from imgtrain.training.schedules import make_optimizer
+
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(3, name=HEAD)(keras.layers.Dense(5, name="body")(inputs)))
+    cfg = make_config(
+        dataset="mnist", optimizer=optimizer, weight_decay=0.5, learning_rate=0.1, schedule="constant", batch_size=32
+    )
+    opt = make_optimizer(cfg, 10, body_mult=0.1)
+    before = [np.array(v) for v in model.trainable_variables]
+    opt.apply_gradients([(keras.ops.zeros_like(v), v) for v in model.trainable_variables])
+    for v, w in zip(model.trainable_variables, before, strict=True):
+        shrink = 1 - 0.1 * 0.5 * (1.0 if v.path.startswith(f"{HEAD}/") else 0.1)
+        np.testing.assert_allclose(np.array(v), w * np.float32(shrink), rtol=2e-7, err_msg=v.path)
+
+
+def test_a_second_run_in_one_process_counts_its_startup_from_its_own_train_call(tmp_path):
+    """The first run of a process counts its imports (from the process's start); a later one starts at train()."""
+    import time
+
+    small = dict(dataset="mnist", model="mlp", epochs=1, train_limit=300, test_limit=100, report=False)
+    train(**small, tensorboard=False, out=str(tmp_path / "a"))
+    t0 = time.perf_counter()
+    second = train(**small, tensorboard=False, out=str(tmp_path / "b"))
+    wall = time.perf_counter() - t0
+    t = json.loads((tmp_path / "b" / "run.json").read_text())["timings"]
+    assert t["setup_s"] <= t["startup_s"] < wall, (t, wall)
+    assert second.metrics["test_accuracy"] > 0.3

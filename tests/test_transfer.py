@@ -217,6 +217,17 @@ def test_init_from_keeps_the_head_for_the_same_classes_and_records_the_source(di
     assert again["test_accuracy"] == pytest.approx(source["test_accuracy"], abs=2e-4)
     cfg = (tmp_path / "same" / "config.yaml").read_text()
     assert "image_size:\n- 28\n- 28\n" in cfg and "channels: 1" in cfg  # the source model's input, recorded
+    assert "model: cnn_small\n" in cfg, "the model it trained (the source's), not the default cnn_bn"
+    other = run_cli(
+        "train", "--dataset", "mnist", "--model", "resnet9", "--set", f"init_from={digits_0_to_4}",
+        "--out", tmp_path / "other", check=False,
+    )  # fmt: skip
+    assert (other.returncode, other.stderr.strip().splitlines()[-1]) == (
+        2,
+        f"error: init_from '{digits_0_to_4}' continues its model 'cnn_small'; model 'resnet9' would not be "
+        "trained: leave model out (or build a fresh one without init_from)",
+    )
+    assert not (tmp_path / "other").exists()
 
 
 def test_fine_tuning_digits_5_to_9_from_0_to_4_beats_training_from_scratch(digits_0_to_4, tmp_path):
@@ -414,7 +425,7 @@ def test_two_stages_unfreeze_the_last_blocks_and_the_body_learns_at_its_own_rate
     assert "stage 2: epochs 2-3, head and body" in log and "body learning rate x 0.001" in log
     printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("stage ", "Epoch "))]
     assert printed == [
-        "stage 1: epochs 1-1, the head alone on cached features, 2 trainable weights",  # Keras prints
+        "stage 1: epoch 1, the head alone on cached features, 2 trainable weights",  # Keras prints
         "stage 2: epochs 2-3, head and body, 5 trainable weights, body learning rate x 0.001",  # no
         "Epoch 2/3",
         "Epoch 3/3",

@@ -57,9 +57,9 @@ def test_killed_search_resumes_to_four_finished_trials(search):
     retry = next(t for t in ts if t.user_attrs.get("retry_of") == 1)
     assert retry.params == failed[0].params and retry.user_attrs["run_dir"].endswith("trial-001")
     assert json.loads((study / "trial-001" / "run.json").read_text())["resumed"] == [1], "resumed from its epoch 1"
-    for t in finished:  # every trial is a normal run directory
+    for t in finished:  # every trial is a normal run directory, its status saying whether the pruner stopped it
         run = json.loads((study / t.user_attrs["run_dir"].split("/")[-1] / "run.json").read_text())
-        assert run["status"] == "done"
+        assert run["status"] == ("pruned" if t.state == optuna.trial.TrialState.PRUNED else "done")
     assert f"search {study}: 5 trials" in stdout and "1 failed" in stdout
 
 

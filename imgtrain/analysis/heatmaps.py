@@ -154,7 +154,7 @@ class Explainer:
     ) -> Explanation:
         """Maps for `images` (n × h × w × c at the model's input size), for each image's predicted class or
         `class_index` (one int for all, or one per image; -1: the predicted class)."""
-        images = np.asarray(images)
+        images = checked_pixels(np.asarray(images), tuple(self.model.input_shape[1:]))
         n, k = len(images), self.num_classes
         wanted = (
             np.full(n, -1, np.int64)
@@ -177,6 +177,26 @@ class Explainer:
         return Explanation(
             np.concatenate(maps), np.concatenate(classes), np.concatenate(probs), self.method, self.layer
         )
+
+
+def checked_pixels(images: np.ndarray, shape: tuple[int | None, ...]) -> np.ndarray:
+    """`images` if they are raw pixels (0-255) at the model's input `shape` (h, w, c); else a one-line error. Floats in
+    [0, 1] are the habit of notebooks that divide by 255: the model would rescale them again and see black images."""
+    want = f"(n, {', '.join('any' if d is None else str(d) for d in shape)})"
+    if images.ndim != 1 + len(shape) or any(d not in (None, got) for d, got in zip(shape, images.shape[1:])):
+        raise ImgtrainError(f"images have shape {tuple(images.shape)}; this model takes {want}, raw pixels 0-255")
+    if images.dtype.kind not in "uif":
+        raise ImgtrainError(f"images have dtype {images.dtype}; pixels are numbers 0-255 (uint8 or float)")
+    if images.size and images.dtype.kind == "f":
+        low, high = float(np.min(images)), float(np.max(images))
+        if not (np.isfinite(low) and np.isfinite(high)) or low < 0 or high > 255:
+            raise ImgtrainError(f"pixels range over [{low:g}, {high:g}]; this model takes raw pixels 0-255")
+        if high <= 1 and not np.array_equal(images, np.round(images)):
+            raise ImgtrainError(
+                f"pixels range over [{low:g}, {high:g}], as if divided by 255; this model takes raw pixels 0-255 "
+                "and rescales them itself: pass images * 255 (or the uint8 images)"
+            )
+    return images
 
 
 def explain(

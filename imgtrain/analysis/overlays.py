@@ -151,7 +151,7 @@ def explain_command(
         )
     done = sum(not r["error"] for r in rows)
     typer.echo(
-        f"written: {done} overlays and JSON files in {out}"
+        f"written: {done} overlay{'s' * (done != 1)} and JSON file{'s' * (done != 1)} in {out}"
         + (f" ({len(rows) - done} skipped)" if done < len(rows) else "")
     )
     if not done:

@@ -29,11 +29,11 @@ def _settings(args: argparse.Namespace, model: str, batch: int, train_images: in
     chooses by default for the model and this training set (it holds out 10 % of it for validation)."""
     if not args.like_imgtrain:
         return batch, "float32"
-    from imgtrain.core.auto import auto_batch, choose, cpu_info
+    from imgtrain.core.auto import auto_batch, choose, cpu_flags
     from imgtrain.core.config import TrainConfig
 
-    held_out = TrainConfig.model_fields["val_split"].default
-    return auto_batch(round(train_images * (1 - held_out)))[0], choose(model, cpu_info()[1], None)[0]
+    held_out = TrainConfig.model_fields["val_split"].default  # the notes' models are plain CNNs: kinds not needed
+    return auto_batch(round(train_images * (1 - held_out)))[0], choose(model, cpu_flags("tensorflow"), None)[0]
 
 
 def seed000_model() -> keras.Model:

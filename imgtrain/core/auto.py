@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 import platform
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,13 +34,26 @@ ONEDNN_ISAS = (
     "AVX10_1_512 AVX512_CORE_AMX AVX10_1_512_AMX AVX512_CORE_AMX_FP16 AVX10_1_512_AMX_FP16"
 ).split()
 BF16_FROM_ISA = {"avx512_bf16": "AVX512_CORE_BF16", "amx_bf16": "AVX512_CORE_AMX"}
-# models that keep float32 on a CPU with bfloat16, by name prefix, and why (measured: docs/speed.md)
-FLOAT32_ON_CPU = {
-    "mlp": "a dense network is memory-bound: bfloat16 trains it no faster on a CPU and cost validation accuracy",
-    "mobilenet": "its depthwise convolutions train 2x slower in bfloat16 than in float32 on a CPU",
-    "efficientnet": "its depthwise convolutions train no faster in bfloat16 than in float32 on a CPU",
-    "convnext": "its depthwise convolutions train no faster in bfloat16 than in float32 on a CPU",
-}
+# models that keep float32 on a CPU with bfloat16, by the layers they contain (models/kinds.py), and why (measured:
+# docs/speed.md: the MLP; MobileNetV3 2x slower, EfficientNet and ConvNeXt no faster in bfloat16)
+CONVOLUTIONS = ("Conv1D", "Conv2D", "Conv3D", "Conv2DTranspose", "SeparableConv2D", "DepthwiseConv2D", "GroupedConv")
+DEPTHWISE = {"DepthwiseConv2D", "SeparableConv2D", "GroupedConv"}
+DENSE_ONLY = "a network without convolutions is memory-bound: bfloat16 trains it no faster on a CPU and cost accuracy"
+DEPTHWISE_WHY = (
+    "its depthwise convolutions train no faster in bfloat16 than in float32 on a CPU (MobileNetV3: 2x slower)"
+)
+
+
+def float32_on_cpu(kinds: frozenset[str] | None) -> str | None:
+    """Why a model with these layer kinds keeps float32 on a CPU with bfloat16, or None (None kinds: not known
+    before it is built, as for a function that builds it: it is taken for a plain convolutional network)."""
+    if kinds is None:
+        return None
+    if kinds & DEPTHWISE:
+        return DEPTHWISE_WHY
+    if not kinds & set(CONVOLUTIONS):
+        return DENSE_ONLY
+    return None
 
 
 def cpu_info() -> tuple[str, set[str]]:
@@ -80,8 +94,11 @@ def gpu_capability(backend: str) -> tuple[str, float] | None:
     return details.get("device_name", gpus[0].name), major + minor / 10
 
 
-def choose(model: str, flags: set[str], gpu: tuple[str, float] | None) -> tuple[str, str]:
-    """(policy, why) for `model` on a machine with CPU `flags` and `gpu` (see gpu_capability)."""
+def choose(
+    model: str, flags: set[str], gpu: tuple[str, float] | None, kinds: frozenset[str] | None = None
+) -> tuple[str, str]:
+    """(policy, why) for `model`, whose layers are of `kinds` (models/kinds.py), on a machine with CPU `flags` (see
+    cpu_flags) and `gpu` (see gpu_capability)."""
     if gpu is not None:
         name, capability = gpu
         if capability >= 8.0:
@@ -92,7 +109,7 @@ def choose(model: str, flags: set[str], gpu: tuple[str, float] | None) -> tuple[
     has = sorted(BF16_CPU_FLAGS & flags)
     if not has:
         return "float32", "this CPU has no bfloat16 instructions (avx512_bf16 or amx_bf16)"
-    reason = next((why for prefix, why in FLOAT32_ON_CPU.items() if model.startswith(prefix)), None)
+    reason = float32_on_cpu(kinds)
     if reason:
         return "float32", f"{model}: {reason} (this CPU has {', '.join(has)})"
     return "mixed_bfloat16", f"this CPU has {', '.join(has)}"
@@ -117,10 +134,22 @@ def auto_batch(train_images: int) -> tuple[int, str]:
     return batch, why
 
 
-def resolve(cfg: TrainConfig, fixed: tuple[str, str] | None = None) -> tuple[TrainConfig, dict[str, Any]]:
+def cpu_flags(backend: str) -> set[str]:
+    """This CPU's flags less those the backend's kernels may not use: TensorFlow's are oneDNN's, which
+    ONEDNN_MAX_CPU_ISA caps."""
+    flags = cpu_info()[1]
+    return usable_flags(flags, os.environ.get("ONEDNN_MAX_CPU_ISA")) if backend == "tensorflow" else flags
+
+
+def resolve(
+    cfg: TrainConfig,
+    fixed: tuple[str, str] | None = None,
+    kinds: Callable[[], frozenset[str] | None] = lambda: None,
+) -> tuple[TrainConfig, dict[str, Any]]:
     """`cfg` with `precision: auto` replaced by this machine's choice (a copy), and the record for run.json:
     {"asked", "chosen", "why"}. An unfinished run in cfg.out resumes in the precision it started with. `fixed`:
-    (policy, why) that the model imposes (one built in Python computes in the policy it was built with)."""
+    (policy, why) that the model imposes (one built in Python computes in the policy it was built with); `kinds`:
+    the model's layer kinds, asked only where they matter (a CPU with bfloat16)."""
     if fixed is not None:
         return cfg.model_copy(update={"precision": fixed[0]}), {
             "asked": cfg.precision,
@@ -133,11 +162,11 @@ def resolve(cfg: TrainConfig, fixed: tuple[str, str] | None = None) -> tuple[Tra
     if started in POLICIES:
         policy, why = started, "the precision this unfinished run started with"
     else:
-        flags, cap = cpu_info()[1], os.environ.get("ONEDNN_MAX_CPU_ISA")
-        usable = usable_flags(flags, cap) if cfg.backend == "tensorflow" else flags  # TF's CPU kernels: oneDNN's
-        policy, why = choose(cfg.model, usable, gpu_capability(cfg.backend))
+        flags, usable, gpu = cpu_info()[1], cpu_flags(cfg.backend), gpu_capability(cfg.backend)
+        policy, why = choose(cfg.model, usable, gpu, kinds() if gpu is None and BF16_CPU_FLAGS & usable else None)
         if BF16_CPU_FLAGS & (flags - usable) and not BF16_CPU_FLAGS & usable:
-            why = f"ONEDNN_MAX_CPU_ISA={cap} keeps oneDNN from this CPU's {', '.join(sorted(flags - usable))}"
+            cap, lost = os.environ.get("ONEDNN_MAX_CPU_ISA"), ", ".join(sorted(flags - usable))
+            why = f"ONEDNN_MAX_CPU_ISA={cap} keeps oneDNN from this CPU's {lost}"
     return cfg.model_copy(update={"precision": policy}), {"asked": "auto", "chosen": policy, "why": why}
 
 

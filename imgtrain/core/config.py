@@ -258,12 +258,24 @@ def _one_line(err: ValidationError) -> str:
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "config"
         if e["type"] == "extra_forbidden":
-            parts.append(f"unknown config key {loc!r}; valid keys: {', '.join(TrainConfig.model_fields)}")
+            parts.append(_unknown_key(loc))
         elif e["type"] == "value_error":
             parts.append(e["msg"].removeprefix("Value error, "))
         else:
             parts.append(f"config {loc}: {e['msg']} (got {e['input']!r})")
     return "; ".join(parts)
+
+
+def _unknown_key(key: str) -> str:
+    """The one line for a key TrainConfig does not have: the close ones if any (a typo), else every key."""
+    import difflib
+
+    close = difflib.get_close_matches(key, TrainConfig.model_fields, n=3, cutoff=0.6)
+    if close:
+        return (
+            f"unknown config key {key!r}; did you mean {' or '.join(map(repr, close))}? (`imgtrain config` lists all)"
+        )
+    return f"unknown config key {key!r}; valid keys: {', '.join(TrainConfig.model_fields)}"
 
 
 def make_config(**values: Any) -> TrainConfig:

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, cast
+from typing import Protocol, cast
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from imgtrain.data.dataset import Split
+
+class Split(Protocol):
+    """What is read of a split (imgtrain.data.dataset.Split, which shows samples through this module)."""
+
+    y: np.ndarray
+    x: np.ndarray | None
+    paths: list[str] | None
+
+    def __len__(self) -> int: ...
 
 
 def random_images(split: Split, shape: Sequence[int], n: int = 30, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -17,29 +17,18 @@ from __future__ import annotations
 import inspect
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from imgtrain.core.config import TrainConfig
 from imgtrain.core.errors import ConfigError
 from imgtrain.models import transfer
+from imgtrain.models.transfer import Dataset, Origin
 
 if TYPE_CHECKING:
     import keras
 
 PREFIX = "custom:"  # config.yaml's model name for a model built in Python
 REGISTERED_ONLY = {"freeze_epochs": 0, "unfreeze": 0, "init_from": None, "weights": None, "augment": "none"}
-Origin = dict[str, Any]  # run.json's "init_from": {"path", "sha256", "head", "classes"}
-
-
-class Dataset(Protocol):
-    """What a model is built for: the images' shape and the classes (imgtrain.data.Dataset has them; models do not
-    import the data package, their sibling layer)."""
-
-    input_shape: tuple[int, int, int]
-    class_names: list[str]
-
-    @property
-    def num_classes(self) -> int: ...
 
 
 class ModelSource(ABC):
@@ -53,6 +42,10 @@ class ModelSource(ABC):
 
     def precision(self, cfg: TrainConfig) -> tuple[str, str] | None:
         """(policy, why) when the model dictates its precision, else None (the run chooses)."""
+        return None
+
+    def kinds(self, cfg: TrainConfig) -> frozenset[str] | None:
+        """The kinds of layers the model will contain (models/kinds.py), for precision auto; None: not known."""
         return None
 
     @abstractmethod
@@ -87,6 +80,15 @@ class Registered(ModelSource):
     def resolve(self, cfg: TrainConfig) -> TrainConfig:
         return transfer.backbone_defaults(cfg)
 
+    def kinds(self, cfg: TrainConfig) -> frozenset[str] | None:
+        import json
+
+        from imgtrain.models.kinds import registered_kinds
+
+        size = cfg.image_size or (32, 32)  # the kinds do not depend on the size; 32: the backbones' smallest
+        options = json.dumps(cfg.model_options, sort_keys=True)
+        return registered_kinds(cfg.model, (int(size[0]), int(size[1]), cfg.channels or 3), options)
+
     def build(self, cfg: TrainConfig, ds: Dataset) -> tuple[keras.Model, Origin | None]:
         from imgtrain.models.registry import build_model
 
@@ -110,6 +112,12 @@ class EarlierRun(ModelSource):
 
     def resolve(self, cfg: TrainConfig) -> TrainConfig:
         return transfer.init_defaults(cfg)
+
+    def kinds(self, cfg: TrainConfig) -> frozenset[str] | None:
+        from imgtrain.core.saving import resolve_model_path
+        from imgtrain.models.kinds import saved_kinds
+
+        return saved_kinds(resolve_model_path(self.target))
 
     def build(self, cfg: TrainConfig, ds: Dataset) -> tuple[keras.Model, Origin | None]:
         return transfer.from_earlier_run(cfg, ds)

@@ -9,7 +9,7 @@ weights were trained at), an earlier model's input size and channels (models/sou
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from imgtrain.core.config import TrainConfig
 from imgtrain.core.errors import ConfigError
@@ -17,7 +17,19 @@ from imgtrain.core.errors import ConfigError
 if TYPE_CHECKING:
     import keras
 
-    from imgtrain.models.source import Dataset, Origin
+
+Origin = dict[str, Any]  # run.json's "init_from": {"path", "sha256", "head", "classes"}
+
+
+class Dataset(Protocol):
+    """What a model is built for: the images' shape and the classes (imgtrain.data.Dataset has them; models do not
+    import the data package, their sibling layer)."""
+
+    input_shape: tuple[int, int, int]
+    class_names: list[str]
+
+    @property
+    def num_classes(self) -> int: ...
 
 
 def backbone_names() -> list[str]:
@@ -50,7 +62,16 @@ def init_defaults(cfg: TrainConfig) -> TrainConfig:
     from imgtrain.core.saving import read_meta, resolve_model_path
 
     update: dict[str, object] = {}
-    shape = read_meta(resolve_model_path(str(cfg.init_from))).get("input_shape")
+    meta = read_meta(resolve_model_path(str(cfg.init_from)))
+    parent, default = meta.get("model"), TrainConfig.model_fields["model"].default
+    if parent and cfg.model != parent:  # the run trains the earlier model: config.yaml, reports and auto say so
+        if cfg.model != default:
+            raise ConfigError(
+                f"init_from {str(cfg.init_from)!r} continues its model {parent!r}; model {cfg.model!r} would not be "
+                "trained: leave model out (or build a fresh one without init_from)"
+            )
+        update["model"] = parent
+    shape = meta.get("input_shape")
     if shape and cfg.image_size is None:
         update["image_size"] = (int(shape[0]), int(shape[1]))
     if shape and cfg.channels is None:

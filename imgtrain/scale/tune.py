@@ -11,6 +11,7 @@ Import after choosing the Keras backend (the pruning callback is a Keras callbac
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from imgtrain.core.config import TrainConfig, higher_is_better, make_config, sav
 from imgtrain.core.errors import ConfigError, ImgtrainError
 from imgtrain.core.saving import atomic_write
 from imgtrain.scale.storage import is_shared, one_worker, open_storage
+from imgtrain.training.rundir import FINISHED as RUN_FINISHED
 from imgtrain.training.tracking import end_search, start_search
 
 if TYPE_CHECKING:
@@ -213,6 +215,16 @@ def _status(run_dir: Path) -> str | None:
     return read_run(run_dir).info.get("status") if (run_dir / "run.json").is_file() else None
 
 
+def _mark_pruned(run_dir: Path) -> None:
+    """run.json's status "pruned" for a trial the pruner stopped (`runs list` shows it; not "done": not every epoch
+    of its config ran)."""
+    from imgtrain.core.saving import atomic_write_json
+
+    path = run_dir / "run.json"
+    if path.is_file():  # the chief's run directory; written before the trial is recorded as pruned
+        atomic_write_json(path, {**json.loads(path.read_text()), "status": "pruned"})
+
+
 def _run_trial(
     trial: optuna.Trial,
     cfg: TrainConfig,
@@ -228,7 +240,7 @@ def _run_trial(
     from imgtrain.training.run import train
 
     run_dir = Path(cast(str, cfg.out))  # trial_config sets it
-    if _status(run_dir) == "done":
+    if _status(run_dir) in RUN_FINISHED:
         return read_run(run_dir).metrics
     keras.backend.clear_session()  # drop the earlier trials' models from Keras' global state
     try:
@@ -290,6 +302,7 @@ def tune(
             metrics = _run_trial(trial, trial_config(cfg, values, run_dir), prune, study, tracker.run_id, model)
             trial.set_user_attr("epochs_run", metrics.get("epochs_run"))
             if prune.pruned:
+                _mark_pruned(run_dir)
                 raise optuna.TrialPruned(f"{cfg.monitor} below the median of earlier trials")
             return cast(float, metrics[f"best_{cfg.monitor}"])
 

@@ -51,15 +51,20 @@ class EpochStats(keras.callbacks.Callback):  # type: ignore[misc]
 
 
 class StartupClock(keras.callbacks.Callback):  # type: ignore[misc]
-    """When the run's first training step began, counted from the process's start (`startup_s`: imports, data,
-    model, compile), and how long that step took (`first_step_s`: it traces the train step)."""
+    """When the run's first training step began (`startup_s`: imports, data, model, compile), counted from the
+    process's start, or from `since` (a perf_counter time: a later run of the same process starts at its train()
+    call), and how long that step took (`first_step_s`: it traces the train step)."""
 
-    def __init__(self) -> None:
+    def __init__(self, since: float | None = None) -> None:
         super().__init__()
         self.timings: dict[str, float] = {}
+        self.since = since
 
     def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        if "startup_s" not in self.timings and (age := process_age_s()) is not None:
+        if "startup_s" in self.timings:
+            return
+        age = process_age_s() if self.since is None else time.perf_counter() - self.since
+        if age is not None:
             self.timings["startup_s"] = age
             self._t0 = time.perf_counter()
 
@@ -260,11 +265,12 @@ def run_callbacks(
     resume: dict[str, Any] | None,
     chief: bool,
     extra: list[keras.callbacks.Callback],
+    since: float | None = None,
 ) -> tuple[list[keras.callbacks.Callback], GracefulStop, list[dict[str, float]]]:
     """(the callbacks of a run, in order; its GracefulStop; `rows`, every completed epoch's logs of the run's whole
     life, as last.keras records them). Every process runs the callbacks that steer training (all see the same
     metrics); only process 0 (`chief`) gets those that write files. `extra` runs after the steering ones and before
-    the writers, so that a checkpoint records a stop that `extra` made."""
+    the writers, so that a checkpoint records a stop that `extra` made. `since`: see StartupClock."""
     rows: list[dict[str, float]] = list(resume["history"]) if resume else []
     restored = (resume or {}).get("callbacks", {})
     stop = GracefulStop()
@@ -311,7 +317,7 @@ def run_callbacks(
     steer = [
         keras.callbacks.TerminateOnNaN(),
         stop,
-        StartupClock(),
+        StartupClock(since),
         EpochSeeds(cfg.seed),
         EpochStats(),
         *[c for c in (early, plateau) if c],

@@ -9,6 +9,7 @@ curves.png, samples.png, confusion.png, misclassified.png, per_class.png.
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import time
 from dataclasses import dataclass
@@ -59,6 +60,9 @@ class RunResult:
         from imgtrain.analysis.notebook import summary_html
 
         return summary_html(self)
+
+
+_RUNS = itertools.count()  # runs started in this process (startup_s of the first counts its imports)
 
 
 def train(
@@ -195,7 +199,8 @@ def _fit_and_score(
         log.info("started from %s (sha256 %s), head %s", origin["path"], origin["sha256"], origin["head"])
     tracker = _tracker(cfg, run_dir, run_info, chief, log)
     tracked = [epoch_callback(tracker)] if tracker.active else []
-    callbacks, stop, rows = run_callbacks(cfg, model, run_dir, meta, resume, chief, [*extra, *tracked])
+    since = None if next(_RUNS) == 0 else t_start  # the process's first run counts its imports; a later one not
+    callbacks, stop, rows = run_callbacks(cfg, model, run_dir, meta, resume, chief, [*extra, *tracked], since)
     # a run killed after early stopping ended it (while scoring, say) has nothing left to train
     last_epoch = first if (resume or {}).get("stopped") else cfg.epochs
     with tracker.ended_by_errors(lambda: stop.interrupted):

@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 RUNS_DIR = "runs"
 
 
+FINISHED = ("done", "pruned")  # run.json statuses of a run that is over (pruned: stopped by `imgtrain tune`)
+
+
 def default_run_dir(cfg: TrainConfig) -> Path:
     slug = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in cfg.dataset.split("/")[-1] or cfg.dataset)
     return Path(RUNS_DIR) / f"{slug}-{cfg.model}-{datetime.now():%Y%m%d-%H%M%S}"
@@ -42,7 +45,7 @@ def choose_run_dir(cfg: TrainConfig) -> tuple[Path, Path | None]:
     if not (run_dir / "run.json").exists():
         return run_dir, None
     status = json.loads((run_dir / "run.json").read_text()).get("status")
-    if status == "done":
+    if status in FINISHED:
         raise ImgtrainError(f"{run_dir} already holds a finished run; choose another --out or remove that directory")
     saved = load_config(run_dir / "config.yaml").model_dump(exclude=IGNORED_ON_RESUME)
     # an `auto` setting resumes with what the run chose (auto.resolve_batch reads it from config.yaml)

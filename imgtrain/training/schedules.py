@@ -92,6 +92,19 @@ def with_body_rate(optimizer: keras.optimizers.Optimizer, mult: float, head: str
                 learning_rate = learning_rate * mult
             return super().update_step(gradient, variable, learning_rate)
 
+        def _apply_weight_decay(self, variables: list[Any]) -> None:
+            """Decoupled weight decay (AdamW, SGD's) shrinks a variable by rate x decay each step: the body's at
+            its own rate. Keras reads `weight_decay` while it traces the step, so the body's call sees it scaled."""
+            body = [v for v in variables if self._get_variable_index(v) in self._body]
+            super()._apply_weight_decay([v for v in variables if self._get_variable_index(v) not in self._body])
+            decay: float | None = getattr(self, "weight_decay", None)
+            if body and decay is not None:
+                self.weight_decay = decay * mult
+                try:
+                    super()._apply_weight_decay(body)
+                finally:
+                    self.weight_decay = decay
+
     BodyRate.__name__ = BodyRate.__qualname__ = base.__name__
     BodyRate.__module__ = base.__module__
     return BodyRate.from_config(optimizer.get_config())

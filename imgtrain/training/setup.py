@@ -109,7 +109,9 @@ def setup(config: ConfigLike, overrides: dict[str, Any], tracking_parent: str | 
     with fused_batchnorm(cfg.backend), join(cfg) as cluster:  # one process unless distribute
         # precision auto: this machine's choice, recorded in config.yaml; after joining, because asking JAX for
         # its devices before jax.distributed.initialize makes the join fail
-        cfg, record["precision"] = resolve_precision(cluster.config, source.precision(cfg))
+        cfg, record["precision"] = resolve_precision(
+            cluster.config, source.precision(cfg), lambda: source.kinds(cluster.config)
+        )
         with precision(cfg.precision):
             yield Setup(cfg, source, replace(cluster, config=cfg), record)
 

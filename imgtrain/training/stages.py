@@ -79,6 +79,11 @@ def set_trainable(model: keras.Model, stage: Stage, unfreeze: int) -> None:
                 layer.trainable = True
 
 
+def _epochs(first: int, last: int) -> str:
+    """ "epoch 3" or "epochs 3-5" (counted from 1)."""
+    return f"epoch {first}" if first == last else f"epochs {first}-{last}"
+
+
 def body_lr_mult(cfg: TrainConfig, stage: Stage) -> float:
     """The body's learning rate as a multiple of the head's in `stage`: backbone_lr_mult while a pretrained body
     trains, else 1."""
@@ -196,7 +201,7 @@ def _fit_stage(
             "the head alone" + (" on cached features" if cached else "") if stage.trains == "head" else "head and body"
         )
         line = (
-            f"stage {stage.number}: epochs {begin + 1}-{end}, {what}, {len(model.trainable_weights)} trainable "
+            f"stage {stage.number}: {_epochs(begin + 1, end)}, {what}, {len(model.trainable_weights)} trainable "
             f"weights" + (f", body learning rate x {mult:g}" if stage.trains == "body" else "")
         )
         log.info(line)
