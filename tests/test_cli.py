@@ -144,6 +144,11 @@ def test_sample_images_writes_real_test_images_that_predict_reads(mnist_run, tmp
     assert all(r["note"] is None for r in rows), "28x28 grayscale files need no conversion note"
     bad = run_cli("sample-images", "mnist", tmp_path / "d2", "--split", "val", check=False)
     assert bad.returncode == 2 and bad.stderr.strip() == "error: unknown split 'val'; valid: test, train"
+    run_cli("sample-images", "mnist", tmp_path / "by-class", "-n", "30", "--split", "train", "--folders")
+    ds = load_dataset(f"folder:{tmp_path / 'by-class'}", val_split=0, test_split=0)
+    first = load_dataset("mnist", val_split=0).train.y[:30]  # the first 30 training digits, one folder per digit
+    assert ds.class_names == sorted(map(str, set(first))) and len(ds.train) == 30
+    assert sorted(ds.train.counts(ds.num_classes)) == sorted(np.bincount(first)[np.bincount(first) > 0])
 
 
 def test_predict_says_what_it_wrote_and_when_an_image_is_far_from_the_model_input(mnist_run, tmp_path):

@@ -31,9 +31,12 @@ def sample_images(
     out: Path = typer.Argument(..., help="folder to write the PNG files into (created)"),
     n: int = typer.Option(10, "-n", help="how many images"),
     split: str = typer.Option("test", "--split", help="test or train"),
+    folders: bool = typer.Option(
+        False, "--folders", help="one sub-folder per class (OUT/<class>/test0.png): a dataset for --dataset folder:OUT"
+    ),
 ) -> None:
     """Write the first N images of a dataset split as PNG files (test0-label7.png, ...): pictures to try
-    `imgtrain predict` and the upload page on."""
+    `imgtrain predict` and the upload page on; with --folders, a folder dataset to try `train` on."""
     if split not in ("test", "train"):
         raise ImgtrainError(f"unknown split {split!r}; valid: test, train")
     if n < 1:
@@ -50,7 +53,9 @@ def sample_images(
     out.mkdir(parents=True, exist_ok=True)
     for i, img in enumerate(images_of(part, np.arange(take), ds.input_shape)):
         label = ds.class_names[part.y[i]].replace("/", "-")  # 'T-shirt/top' is no file name
-        Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(out / f"{split}{i}-label{label}.png")
+        path = out / label / f"{split}{i}.png" if folders else out / f"{split}{i}-label{label}.png"
+        path.parent.mkdir(exist_ok=True)
+        Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(path)
     typer.echo(f"wrote {take} {split} images of {dataset} to {out}")
 
 

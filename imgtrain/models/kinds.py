@@ -37,8 +37,10 @@ def saved_kinds(path: str | Path) -> frozenset[str] | None:
 @functools.lru_cache(maxsize=32)
 def registered_kinds(name: str, input_shape: tuple[int, int, int], options: str) -> frozenset[str]:
     """The kinds of registered model `name` (`options`: its model_options as JSON), built once in float32 without
-    weights and thrown away. Keras' layer-name counters are put back, so that the run's own model gets the names it
-    would have had without the probe."""
+    weights and thrown away, outside any distribution (a probe on one host, not a model every process must hold
+    alike). Keras' layer-name counters are put back, so that the run's own model gets the names it would have had
+    without the probe."""
+    from keras import distribution as kd
     from keras.src.backend.common import global_state  # the counters behind keras.backend.get_uid
 
     from imgtrain.core.backend import precision
@@ -47,12 +49,14 @@ def registered_kinds(name: str, input_shape: tuple[int, int, int], options: str)
     counters = global_state.get_global_attribute(
         "object_name_uids", default=collections.defaultdict(int), set_to_default=True
     )
-    saved = dict(counters)
+    saved, job = dict(counters), kd.distribution()
+    kd.set_distribution(None)
     try:
         with precision("float32"):
             extra = {"weights": "none"} if "weights" in _signature(name) else {}
             return layer_kinds(build_model(name, input_shape, 2, **extra, **json.loads(options)))
     finally:
+        kd.set_distribution(job)
         counters.clear()
         counters.update(saved)
 
