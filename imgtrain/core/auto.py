@@ -36,7 +36,9 @@ ONEDNN_ISAS = (
 BF16_FROM_ISA = {"avx512_bf16": "AVX512_CORE_BF16", "amx_bf16": "AVX512_CORE_AMX"}
 # models that keep float32 on a CPU with bfloat16, by the layers they contain (models/kinds.py), and why (measured:
 # docs/speed.md: the MLP; MobileNetV3 2x slower, EfficientNet and ConvNeXt no faster in bfloat16)
-CONVOLUTIONS = ("Conv1D", "Conv2D", "Conv3D", "Conv2DTranspose", "SeparableConv2D", "DepthwiseConv2D", "GroupedConv")
+CONVOLUTIONS = frozenset(
+    {"Conv1D", "Conv2D", "Conv3D", "Conv2DTranspose", "SeparableConv2D", "DepthwiseConv2D", "GroupedConv"}
+)
 DEPTHWISE = {"DepthwiseConv2D", "SeparableConv2D", "GroupedConv"}
 DENSE_ONLY = "a network without convolutions is memory-bound: bfloat16 trains it no faster on a CPU and cost accuracy"
 DEPTHWISE_WHY = (
@@ -51,7 +53,7 @@ def float32_on_cpu(kinds: frozenset[str] | None) -> str | None:
         return None
     if kinds & DEPTHWISE:
         return DEPTHWISE_WHY
-    if not kinds & set(CONVOLUTIONS):
+    if not kinds & CONVOLUTIONS:
         return DENSE_ONLY
     return None
 
@@ -134,10 +136,10 @@ def auto_batch(train_images: int) -> tuple[int, str]:
     return batch, why
 
 
-def cpu_flags(backend: str) -> set[str]:
-    """This CPU's flags less those the backend's kernels may not use: TensorFlow's are oneDNN's, which
-    ONEDNN_MAX_CPU_ISA caps."""
-    flags = cpu_info()[1]
+def cpu_flags(backend: str, flags: set[str] | None = None) -> set[str]:
+    """This CPU's flags (or `flags`, read already) less those the backend's kernels may not use: TensorFlow's are
+    oneDNN's, which ONEDNN_MAX_CPU_ISA caps."""
+    flags = cpu_info()[1] if flags is None else flags
     return usable_flags(flags, os.environ.get("ONEDNN_MAX_CPU_ISA")) if backend == "tensorflow" else flags
 
 
@@ -162,7 +164,8 @@ def resolve(
     if started in POLICIES:
         policy, why = started, "the precision this unfinished run started with"
     else:
-        flags, usable, gpu = cpu_info()[1], cpu_flags(cfg.backend), gpu_capability(cfg.backend)
+        flags = cpu_info()[1]  # /proc/cpuinfo read once
+        usable, gpu = cpu_flags(cfg.backend, flags), gpu_capability(cfg.backend)
         policy, why = choose(cfg.model, usable, gpu, kinds() if gpu is None and BF16_CPU_FLAGS & usable else None)
         if BF16_CPU_FLAGS & (flags - usable) and not BF16_CPU_FLAGS & usable:
             cap, lost = os.environ.get("ONEDNN_MAX_CPU_ISA"), ", ".join(sorted(flags - usable))
