@@ -47,11 +47,11 @@ the outputs below are from a full run (`python docs/make_tutorial.py --run`)."""
         "code",
         """import os
 
+import imgtrain  # first: it keeps TensorFlow's start-up banner (absl, oneDNN) out of the outputs, as the CLI does
+from imgtrain import load_dataset, train
+
 import keras
 import numpy as np
-
-import imgtrain
-from imgtrain import load_dataset, train
 
 SMALL = os.environ.get("IMGTRAIN_TUTORIAL_SMALL") == "1"  # make test: a few thousand images, one or two epochs
 LIMIT = 2000 if SMALL else None  # training images of each run (None: all)""",

@@ -5,7 +5,9 @@
     run.metrics["test_accuracy"]   # 0.98+; run.model is a plain keras.Model
 
 `import imgtrain` does not import Keras (only `build_model`, `train` and friends do, when called), so that each
-run can choose its backend first.
+run can choose its backend first. It does hold back TensorFlow's start-up banner (absl and oneDNN lines on stderr)
+when TensorFlow is first imported, by imgtrain or by your own `import keras` after it, as the CLI does;
+IMGTRAIN_DEBUG=1 shows it.
 """
 
 import logging
@@ -13,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from imgtrain.analysis.evaluate import evaluate
 from imgtrain.analysis.predict import predict_files
+from imgtrain.core.backend import quiet_tensorflow_import
 from imgtrain.core.config import TrainConfig, load_config
 from imgtrain.core.saving import load_model
 from imgtrain.core.version import __version__
@@ -20,6 +23,7 @@ from imgtrain.data import load_dataset
 from imgtrain.training.run import train
 
 if TYPE_CHECKING:
+    from pathlib import Path
     from types import ModuleType
 
     import keras
@@ -27,10 +31,12 @@ if TYPE_CHECKING:
     import numpy.typing as npt
 
     from imgtrain.analysis.heatmaps import Explanation
+    from imgtrain.auditing.run import AuditResult
 
 # imgtrain's logger hierarchy (`imgtrain`, `imgtrain.run`: every run's messages) stays silent unless the application
 # configures logging; a run's train.log is a handler of its own
 logging.getLogger("imgtrain").addHandler(logging.NullHandler())
+quiet_tensorflow_import()
 
 
 def build_model(
@@ -58,6 +64,18 @@ def explain(
     return _explain(model, images, class_index, method, layer, batch_size)
 
 
+def audit(dataset: str, out: "str | Path | None" = None, *, folds: int = 5, **options: Any) -> "AuditResult":
+    """Audit `dataset` for label issues, duplicates and leaks, outliers and odd images (needs the [audit] extra);
+    see `imgtrain.auditing.run.audit`. Returns an AuditResult: .issues (a pandas DataFrame, issues.csv), .summary,
+    .out (the directory with audit.html)."""
+    from imgtrain.core.extras import require
+
+    require("audit", "imgtrain.audit")
+    from imgtrain.auditing.run import audit as _audit
+
+    return _audit(dataset, out, folds=folds, **options)
+
+
 def __getattr__(name: str) -> "ModuleType":
     """`imgtrain.training`, `imgtrain.models`, ...: every subpackage is reachable after `import imgtrain`, imported on
     first use (so that `import imgtrain` stays light and imports no Keras)."""
@@ -72,6 +90,7 @@ def __getattr__(name: str) -> "ModuleType":
 
 __all__ = [
     "__version__",
+    "audit",
     "TrainConfig",
     "build_model",
     "evaluate",

@@ -107,6 +107,20 @@ def mnist_run(tmp_path_factory):
     return out, proc
 
 
+def _bf16_missing() -> str | None:
+    from imgtrain.core.auto import BF16_CPU_FLAGS, bf16_capped, cpu_info
+
+    flags = cpu_info()[1]
+    if not BF16_CPU_FLAGS & flags:
+        return "this CPU has no bfloat16 instructions (avx512_bf16 or amx_bf16)"
+    return bf16_capped("tensorflow", flags)
+
+
+# Tests of what bfloat16 runs do (exports, Grad-CAM, the bench's bfloat16 side): run on a CPU whose bfloat16 oneDNN
+# may use; skipped, saying why, on one without (an AVX2 laptop) or under ONEDNN_MAX_CPU_ISA=AVX2 (CONTRIBUTING.md).
+needs_bf16 = pytest.mark.skipif(_bf16_missing() is not None, reason=f"bfloat16: {_bf16_missing()}")
+
+
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
 

@@ -124,6 +124,27 @@ def test_auto_keeps_float32_where_onednn_is_capped_below_bfloat16_and_says_so(mo
     assert resolve(make_config(dataset="mnist", model="cnn_small"))[0].precision == "mixed_bfloat16"
 
 
+def test_bfloat16_asked_for_under_a_cap_that_rules_it_out_is_one_line(monkeypatch):
+    """oneDNN capped below bfloat16 aborts in the first convolution ("could not create a primitive") after the run
+    directory is written; the cap is known before."""
+    from imgtrain.core.errors import ConfigError
+
+    monkeypatch.setattr("imgtrain.core.auto.cpu_info", lambda: ("a Xeon", set(XEON_FLAGS)))
+    monkeypatch.setattr("imgtrain.core.auto.gpu_capability", lambda backend: None)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    with pytest.raises(ConfigError) as err:
+        resolve(make_config(dataset="mnist", model="cnn_small", precision="mixed_bfloat16"))
+    assert str(err.value) == (
+        "precision mixed_bfloat16 cannot run here: ONEDNN_MAX_CPU_ISA=AVX2 keeps oneDNN from this CPU's amx_bf16, "
+        "avx512_bf16; use precision float32 or auto"
+    )
+    assert resolve(make_config(dataset="mnist", model="cnn_small", precision="float32"))[0].precision == "float32"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")  # the EPYC: bfloat16 runs
+    assert resolve(make_config(dataset="mnist", model="cnn_small", precision="mixed_bfloat16"))[1]["chosen"] == (
+        "mixed_bfloat16"
+    )
+
+
 def _saved(tmp_path, name, *layers):
     import keras
 

@@ -6,7 +6,7 @@ import json
 import statistics
 
 import pytest
-from conftest import run_cli
+from conftest import ROOT, needs_bf16, run_cli
 
 from imgtrain.core.auto import auto_batch, choose, cpu_flags
 
@@ -23,6 +23,7 @@ def _num(cell: str) -> float:
     return float(cell.strip("*×% ").replace(",", ""))
 
 
+@needs_bf16  # the bench times bfloat16 beside float32
 def test_bench_quick_runs_and_writes_its_tables(tmp_path):
     """Timings never gate a test, but how the bench derives and tabulates them can be wrong: each rate is the images
     over the median of the epochs after the first, each ratio is the two rates it names, the FLOP counts are those
@@ -210,5 +211,18 @@ def test_bench_refuses_an_unknown_section_in_one_line_before_measuring(tmp_path)
     proc = run_cli("bench", "--section", "transfr", "--out", tmp_path / "b", check=False)
     assert proc.returncode == 2 and not (tmp_path / "b").exists()
     assert proc.stderr.strip() == (
-        "error: unknown bench section 'transfr'; known: training, folder, transfer, explain, process"
+        "error: unknown bench section 'transfr'; known: training, folder, transfer, explain, process, audit"
     )
+
+
+def test_the_committed_tables_are_the_commands_own_rendering_of_its_results():
+    """README's tables come from benchmarks/results.md: that file must be what `imgtrain bench` renders from
+    benchmarks/results.json, not a hand edit, and README must show the audit's rows as written there."""
+    from imgtrain.bench.run import markdown
+
+    result = json.loads((ROOT / "benchmarks" / "results.json").read_text())
+    table = (ROOT / "benchmarks" / "results.md").read_text()
+    assert markdown(result) + "\n" == table
+    readme = (ROOT / "README.md").read_text()
+    audit_rows = [line for line in table.splitlines() if line.startswith("| `imgtrain audit")]
+    assert len(audit_rows) == 2 and all(row in readme for row in audit_rows)

@@ -6,8 +6,8 @@ small size (Sybil parses the Markdown; a block a user cannot run here says why i
   command's last stderr line ("…" in it matching anything, such as a path) and the command must fail; every other
   command must succeed. `imgtrain serve` and
   `mlflow server` start in the background (the document's later blocks talk to them) and stop at its end.
-- Small size: `imgtrain train`, `tune` and `lr-find` commands and `imgtrain.train(...)` get `train_limit` 400 and
-  `test_limit` 200 unless they set their own; nothing else is changed.
+- Small size: `imgtrain train`, `tune`, `lr-find` and `audit` commands, `imgtrain.train(...)` and
+  `imgtrain.audit(...)` get `train_limit` 400 and `test_limit` 200 unless they set their own; nothing else changes.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from conftest import ROOT
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # two halves of about the same time, one per test file, so that `pytest -n 2 --dist loadfile` runs them side by side
-FIRST_HALF = {"README.md", "tune.md", "reliability.md", "report.md", "seeds.md", "config.md", "data.md"}
+FIRST_HALF = {"README.md", "tune.md", "reliability.md", "report.md", "seeds.md", "config.md", "data.md", "audit.md"}
 SMALL = {"train_limit": 400, "test_limit": 200}
-SIZED = re.compile(r"^imgtrain (train|tune|lr-find)\b")
+SIZED = re.compile(r"^imgtrain (train|tune|lr-find|audit)\b")
 BACKGROUND = re.compile(r"^(imgtrain serve|mlflow server)\b")
 PORT = re.compile(r"(?:--port|-p)[ =](\d+)")
 
@@ -140,6 +140,7 @@ def run_document(doc: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 
     monkeypatch.chdir(tmp_path)  # the document's Python runs where its commands do
     monkeypatch.setattr(imgtrain, "train", functools.partial(imgtrain.train, **SMALL))
+    monkeypatch.setattr(imgtrain, "audit", functools.partial(imgtrain.audit, **SMALL))
     parser = Sybil(parsers=[PythonCodeBlockParser(), CodeBlockParser("console", _console), SkipParser()])
     document = parser.parse(doc)
     session = document.namespace["_session"] = Session(tmp_path)

@@ -6,7 +6,7 @@ import json
 import keras
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import needs_bf16, run_cli
 from PIL import Image
 
 from imgtrain.analysis.heatmaps import explain, feature_layer
@@ -123,7 +123,7 @@ def test_the_same_image_gives_the_same_map_and_saliency_for_a_model_without_conv
         explain(run.model, x[:1], layer="fc")
 
 
-@pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
+@pytest.mark.parametrize("precision", ["float32", pytest.param("mixed_bfloat16", marks=needs_bf16)])
 def test_a_pretrained_backbone_gets_gradcam_on_its_last_feature_map(precision):
     from imgtrain.core.backend import precision as use_precision
     from imgtrain.models import build_model
@@ -203,11 +203,18 @@ def test_every_model_of_imgtrain_gets_a_map_of_its_input_size(name):
     ],
 )
 def test_images_that_cannot_be_raw_pixels_are_one_line(images, message):
-    """A notebook's x / 255 would be rescaled again by the model: every map of a black image, without a word."""
+    """A notebook's x / 255 would be rescaled again by the model: every map of a black image, without a word; a
+    wrong shape would surface Keras' own message. `explain` and `evaluate` say so in one line."""
+    import imgtrain
+    from imgtrain.data.dataset import Split
     from imgtrain.models import build_model
 
     x = np.zeros((2, 28, 28, 1), np.uint8)
     x[:, 10:18, 10:18] = 200
+    model = build_model("cnn_small", (28, 28, 1), 10)
     with pytest.raises(ImgtrainError, match=f"^{message}$"):
-        explain(build_model("cnn_small", (28, 28, 1), 10), images(x))
+        explain(model, images(x))
+    with pytest.raises(ImgtrainError, match=f"^{message}$"):
+        imgtrain.evaluate(model, Split(np.zeros(2, np.int64), x=images(x)), [str(k) for k in range(10)])
+    assert imgtrain.evaluate(model, Split(np.zeros(2, np.int64), x=x), [str(k) for k in range(10)])["n"] == 2
     assert explain(build_model("cnn_small", (28, 28, 1), 10), x.astype(np.float32)).heatmaps.shape == (2, 28, 28)

@@ -7,12 +7,13 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import ROOT, run_cli
+from conftest import ROOT, needs_bf16, run_cli
 
 from imgtrain.core.errors import ImgtrainError
 from imgtrain.ship.export import FORMATS, check_images, export
 
 CHECK = 64  # test images each export is checked on
+pytestmark = needs_bf16  # the demo recipe's precision auto picks bfloat16 only where oneDNN can compute it
 
 
 @pytest.fixture(scope="module")

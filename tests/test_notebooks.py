@@ -70,3 +70,7 @@ def test_the_tutorial_runs_in_a_jupyter_kernel_and_shows_what_it_says(executed):
     assert re.search(r"test accuracy 0\.\d+ grad_norm per epoch \[\d+\.\d+\]", note)  # the note's own train_step ran
     table = _outputs(_cell(executed, "import tensorflow as tf"), "text/html")[1]
     assert "<th>grad_norm</th>" in table
+    # `import imgtrain` first keeps TensorFlow's start-up banner out, as the CLI does (#27)
+    streams = [o["text"] for c in executed.cells if c.cell_type == "code" for o in c.outputs if "text" in o]
+    noise = [t for t in streams if "oneDNN" in t or "absl::" in t]
+    assert not noise, noise[0][:300]

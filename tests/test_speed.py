@@ -7,7 +7,7 @@ import re
 
 import numpy as np
 import pytest
-from conftest import ROOT, run_cli, write_pngs
+from conftest import ROOT, needs_bf16, run_cli, write_pngs
 
 from imgtrain.core.auto import choose, cpu_flags
 from imgtrain.core.config import make_config
@@ -81,6 +81,7 @@ def test_unknown_preset_names_the_known_ones():
     assert proc.returncode == 2 and "unknown preset 'mnist-100'" in proc.stderr
 
 
+@needs_bf16
 def test_bfloat16_run_trains_and_exports_in_float32(tmp_path):
     """A mixed-precision run reaches the same floor, leaves the global policy alone, and its ONNX export
     (float32 graph) agrees with Keras."""

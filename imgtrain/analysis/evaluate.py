@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 
 from imgtrain.core.config import TTA
-from imgtrain.core.errors import ConfigError
+from imgtrain.core.errors import ConfigError, ImgtrainError
 from imgtrain.data.dataset import Split
 
 if TYPE_CHECKING:
@@ -38,6 +38,26 @@ def with_tta(model: keras.Model, tta: str = "none") -> keras.Model:
     mirrored = keras.layers.Lambda(lambda t: keras.ops.flip(t, axis=2), name="mirror")(inputs)  # (n, h, w, c): w
     outputs = keras.layers.Average(name="tta_mean")([model(inputs), model(mirrored)])
     return keras.Model(inputs, outputs, name=f"{model.name}_tta_{tta}")
+
+
+def checked_pixels(images: np.ndarray, shape: tuple[int | None, ...]) -> np.ndarray:
+    """`images` if they are raw pixels (0-255) at the model's input `shape` (h, w, c); else a one-line error. Floats in
+    [0, 1] are the habit of notebooks that divide by 255: the model would rescale them again and see black images."""
+    want = f"(n, {', '.join('any' if d is None else str(d) for d in shape)})"
+    if images.ndim != 1 + len(shape) or any(d not in (None, got) for d, got in zip(shape, images.shape[1:])):
+        raise ImgtrainError(f"images have shape {tuple(images.shape)}; this model takes {want}, raw pixels 0-255")
+    if images.dtype.kind not in "uif":
+        raise ImgtrainError(f"images have dtype {images.dtype}; pixels are numbers 0-255 (uint8 or float)")
+    if images.size and images.dtype.kind == "f":
+        low, high = float(np.min(images)), float(np.max(images))
+        if not (np.isfinite(low) and np.isfinite(high)) or low < 0 or high > 255:
+            raise ImgtrainError(f"pixels range over [{low:g}, {high:g}]; this model takes raw pixels 0-255")
+        if high <= 1 and not np.array_equal(images, np.round(images)):
+            raise ImgtrainError(
+                f"pixels range over [{low:g}, {high:g}], as if divided by 255; this model takes raw pixels 0-255 "
+                "and rescales them itself: pass images * 255 (or the uint8 images)"
+            )
+    return images
 
 
 def predict_arrays(model: keras.Model, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
@@ -116,6 +136,8 @@ def metrics_from_probs(probs: np.ndarray, y: np.ndarray, class_names: list[str])
 def evaluate(
     model: keras.Model, split: Split, class_names: list[str], batch_size: int = 512, tta: str = "none"
 ) -> dict[str, Any]:
+    if split.in_memory:  # a user's arrays: a wrong shape or x / 255 is one line, not Keras' message or silence
+        checked_pixels(cast(np.ndarray, split.x), tuple(model.input_shape[1:]))
     probs, y, _ = predict_probs(model, split, batch_size, tta=tta)
     return {**metrics_from_probs(probs, y, class_names), "tta": tta}
 

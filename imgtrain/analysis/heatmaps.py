@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from imgtrain.analysis.evaluate import checked_pixels
 from imgtrain.core.errors import ImgtrainError
 
 if TYPE_CHECKING:
@@ -177,26 +178,6 @@ class Explainer:
         return Explanation(
             np.concatenate(maps), np.concatenate(classes), np.concatenate(probs), self.method, self.layer
         )
-
-
-def checked_pixels(images: np.ndarray, shape: tuple[int | None, ...]) -> np.ndarray:
-    """`images` if they are raw pixels (0-255) at the model's input `shape` (h, w, c); else a one-line error. Floats in
-    [0, 1] are the habit of notebooks that divide by 255: the model would rescale them again and see black images."""
-    want = f"(n, {', '.join('any' if d is None else str(d) for d in shape)})"
-    if images.ndim != 1 + len(shape) or any(d not in (None, got) for d, got in zip(shape, images.shape[1:])):
-        raise ImgtrainError(f"images have shape {tuple(images.shape)}; this model takes {want}, raw pixels 0-255")
-    if images.dtype.kind not in "uif":
-        raise ImgtrainError(f"images have dtype {images.dtype}; pixels are numbers 0-255 (uint8 or float)")
-    if images.size and images.dtype.kind == "f":
-        low, high = float(np.min(images)), float(np.max(images))
-        if not (np.isfinite(low) and np.isfinite(high)) or low < 0 or high > 255:
-            raise ImgtrainError(f"pixels range over [{low:g}, {high:g}]; this model takes raw pixels 0-255")
-        if high <= 1 and not np.array_equal(images, np.round(images)):
-            raise ImgtrainError(
-                f"pixels range over [{low:g}, {high:g}], as if divided by 255; this model takes raw pixels 0-255 "
-                "and rescales them itself: pass images * 255 (or the uint8 images)"
-            )
-    return images
 
 
 def explain(

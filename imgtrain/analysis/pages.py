@@ -17,7 +17,8 @@ CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1150px;
 h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ddd;padding:.25em .6em;text-align:right}
 th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}img{max-width:100%;display:block;margin:.5em 0}
-.headline{font-size:1.2em}.muted{color:#777}.best td{background:#eef7ee}"""
+.headline{font-size:1.2em}.muted{color:#777}.best td{background:#eef7ee}
+.warn{background:#fff6dd;border-left:4px solid #e0a000;padding:.3em .6em}"""
 
 
 def cell(value: object, fmt: str = ".4f") -> str:

@@ -204,6 +204,7 @@ def render_html(run: RunRecord, pngs: dict[str, bytes]) -> str:
         ],
         counts=[(c, *[per_split[s][i] or 0 for s in per_split]) for i, c in enumerate(names)],
         notes=data.get("notes", []),
+        warnings=data.get("warnings", []),
         skipped=list(data.get("skipped_files", {}).items())[:100],
         history_keys=list(run.history),
         history=[(i + 1, *[v[i] for v in run.history.values()]) for i in range(steps)],

@@ -22,7 +22,8 @@ from typing import Any
 
 from imgtrain.bench.common import matmul_flops
 from imgtrain.bench.training import explain_speed, preset_runs, training_markdown, training_pairs
-from imgtrain.core.auto import cpu_info
+from imgtrain.core.auto import bf16_capped, cpu_info
+from imgtrain.core.errors import ImgtrainError
 
 # ----- the seed notes' code (side A) -----
 
@@ -34,7 +35,14 @@ from imgtrain.core.auto import cpu_info
 
 # ----- the whole benchmark -----
 
-SECTIONS = ("training", "folder", "transfer", "explain", "process")  # `--section`: what a run of the bench measures
+SECTIONS = (
+    "training",
+    "folder",
+    "transfer",
+    "explain",
+    "process",
+    "audit",
+)  # `--section`: what a run of the bench measures
 
 
 def run_bench(
@@ -48,6 +56,9 @@ def run_bench(
     import tensorflow as tf
 
     cpu, flags = cpu_info()
+    capped = bf16_capped("tensorflow", flags)
+    if capped:  # its bfloat16 sides would abort (or crash) in oneDNN
+        raise ImgtrainError(f"imgtrain bench times bfloat16 beside float32, which cannot run here: {capped}")
     result: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d"),
         "quick": quick,
@@ -87,6 +98,10 @@ def run_bench(
 
         log("whole processes: the notes' scripts against imgtrain train")
         result["process"] = {"date": result["date"], "machine": result["machine"], **process_bench(quick, log)}
+    if "audit" in sections:
+        from imgtrain.bench.audit import audit_bench
+
+        result["audit"] = {"date": result["date"], "machine": result["machine"], **audit_bench(quick, log)}
     if presets:
         log("time to accuracy (cold processes)")
         result["presets"] = preset_runs(presets, repeats, log)
@@ -139,6 +154,10 @@ def markdown(result: dict[str, Any]) -> str:
         from imgtrain.bench.process import markdown as process_markdown
 
         lines += process_markdown(result["process"])
+    if "audit" in result:
+        from imgtrain.bench.audit import markdown as audit_markdown
+
+        lines += audit_markdown(result["audit"])
     if result.get("presets"):
         lines += [
             "",

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, List, Optional
 import typer
 
 from imgtrain.analysis import overlays
+from imgtrain.cli import audit as cli_audit
 from imgtrain.cli import catalog
 from imgtrain.cli import model as cli_model
 from imgtrain.core.errors import ImgtrainError
@@ -149,7 +150,7 @@ def bench(
         [],
         "--section",
         help="measure only these parts (repeatable): training, "
-        "folder, transfer, explain, process; the others' "
+        "folder, transfer, explain, process, audit; the others' "
         "tables are kept from OUT/results.json",
     ),
     out: Path = typer.Option(Path("benchmarks"), "--out", "-o", help="folder for results.json and results.md"),
@@ -369,6 +370,7 @@ for name, command in (
     ("predict", cli_model.predict),
     ("export", cli_model.export_model),
     ("serve", cli_model.serve),
+    ("audit", cli_audit.audit_command),
 ):
     app.command(name)(command)
 

@@ -22,6 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from imgtrain.core.errors import ConfigError
+
 if TYPE_CHECKING:
     from imgtrain.core.config import TrainConfig
 
@@ -143,6 +145,18 @@ def cpu_flags(backend: str, flags: set[str] | None = None) -> set[str]:
     return usable_flags(flags, os.environ.get("ONEDNN_MAX_CPU_ISA")) if backend == "tensorflow" else flags
 
 
+def bf16_capped(backend: str, flags: set[str] | None = None) -> str | None:
+    """Why oneDNN may not compute bfloat16 although this CPU has it (ONEDNN_MAX_CPU_ISA below the rung that does:
+    a bfloat16 convolution then aborts with "could not create a primitive"), or None."""
+    flags = cpu_info()[1] if flags is None else flags
+    usable = cpu_flags(backend, flags)
+    if BF16_CPU_FLAGS & (flags - usable) and not BF16_CPU_FLAGS & usable:
+        return f"ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA')} keeps oneDNN from this CPU's " + ", ".join(
+            sorted(BF16_CPU_FLAGS & (flags - usable))
+        )
+    return None
+
+
 def resolve(
     cfg: TrainConfig,
     fixed: tuple[str, str] | None = None,
@@ -159,6 +173,9 @@ def resolve(
             "why": fixed[1],
         }
     if cfg.precision != "auto":
+        capped = bf16_capped(cfg.backend) if cfg.precision == "mixed_bfloat16" else None
+        if capped and gpu_capability(cfg.backend) is None:
+            raise ConfigError(f"precision mixed_bfloat16 cannot run here: {capped}; use precision float32 or auto")
         return cfg, {"asked": cfg.precision, "chosen": cfg.precision, "why": "set in the config"}
     started = _started_with(cfg.out, "precision")
     if started in POLICIES:
@@ -167,9 +184,7 @@ def resolve(
         flags = cpu_info()[1]  # /proc/cpuinfo read once
         usable, gpu = cpu_flags(cfg.backend, flags), gpu_capability(cfg.backend)
         policy, why = choose(cfg.model, usable, gpu, kinds() if gpu is None and BF16_CPU_FLAGS & usable else None)
-        if BF16_CPU_FLAGS & (flags - usable) and not BF16_CPU_FLAGS & usable:
-            cap, lost = os.environ.get("ONEDNN_MAX_CPU_ISA"), ", ".join(sorted(flags - usable))
-            why = f"ONEDNN_MAX_CPU_ISA={cap} keeps oneDNN from this CPU's {lost}"
+        why = bf16_capped(cfg.backend, flags) or why
     return cfg.model_copy(update={"precision": policy}), {"asked": "auto", "chosen": policy, "why": why}
 
 

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
 import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 from imgtrain.core.errors import ConfigError
 
@@ -52,16 +56,18 @@ def precision(policy: str) -> Iterator[None]:
         keras.mixed_precision.set_global_policy(before)
 
 
-def _import_keras_quietly() -> None:
-    """Import Keras with file descriptor 2 held back: TensorFlow 2.21 prints absl/oneDNN banner lines at import
-    that TF_CPP_MIN_LOG_LEVEL does not silence. They are shown only if the import fails."""
+@contextmanager
+def stderr_held() -> Iterator[None]:
+    """File descriptor 2 (where C++ libraries write, below Python's sys.stderr) into a temporary file for the block;
+    what was written is shown only if the block raises."""
     import tempfile
 
+    sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as held:
         os.dup2(held.fileno(), 2)
         try:
-            import keras  # noqa: F401
+            yield
         except BaseException:
             os.dup2(saved, 2)
             held.seek(0)
@@ -70,6 +76,44 @@ def _import_keras_quietly() -> None:
         finally:
             os.dup2(saved, 2)
             os.close(saved)
+
+
+def _import_keras_quietly() -> None:
+    """Import Keras with file descriptor 2 held back: TensorFlow 2.21 prints absl/oneDNN banner lines at import
+    that TF_CPP_MIN_LOG_LEVEL does not silence. They are shown only if the import fails."""
+    with stderr_held():
+        import keras  # noqa: F401
+
+
+class _QuietTensorFlow(importlib.abc.MetaPathFinder):
+    """Finds nothing itself: on the first `import tensorflow` (by Keras or the user's own code) it wraps the real
+    loader so that TensorFlow's start-up banner is held back as it is in the CLI, then steps aside."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> importlib.machinery.ModuleSpec | None:
+        if name != "tensorflow":
+            return None
+        with contextlib.suppress(ValueError):
+            sys.meta_path.remove(self)  # once: the real finders answer from here on
+        spec = importlib.util.find_spec(name)
+        loader = spec.loader if spec else None
+        if loader is not None and hasattr(loader, "exec_module"):
+            run = loader.exec_module
+
+            def exec_quietly(module: ModuleType) -> None:
+                with stderr_held():
+                    run(module)
+
+            loader.exec_module = exec_quietly  # type: ignore[method-assign]
+        return spec
+
+
+def quiet_tensorflow_import() -> None:
+    """Hold back TensorFlow's banner at its first import in this process (IMGTRAIN_DEBUG=1 leaves it alone)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the runtime's info lines after start-up
+    if os.environ.get("IMGTRAIN_DEBUG") == "1" or "tensorflow" in sys.modules:
+        return
+    if not any(isinstance(f, _QuietTensorFlow) for f in sys.meta_path):
+        sys.meta_path.insert(0, _QuietTensorFlow())
 
 
 def versions() -> dict[str, str]:

@@ -91,6 +91,17 @@ class TrainConfig(BaseModel):
     )
     train_limit: Optional[int] = Field(None, gt=0, description="use at most this many training images (stratified)")
     test_limit: Optional[int] = Field(None, gt=0, description="use at most this many test images (stratified)")
+    decisions: Optional[str] = Field(
+        None,
+        description="a CSV of keep/relabel/drop decisions (audit.html downloads one): images dropped or relabelled "
+        "as the data are read; your files are never changed",
+    )
+    fold: Optional[str] = Field(
+        None,
+        pattern=r"^[1-9][0-9]*/[1-9][0-9]*$",
+        description="K/N: cross-validation fold K of N (stratified, seeded); the run trains on the other folds of "
+        "the training images and tests on this one (imgtrain audit runs one per fold)",
+    )
     stream: Optional[bool] = Field(
         None, description="decode image files per batch; None: only when they exceed 512 MiB"
     )
@@ -324,6 +335,16 @@ def load_config(
 ) -> TrainConfig:
     """`base` (a preset), then file values, then `overrides` (CLI flags), then `KEY=VALUE` assignments,
     validated together."""
+    return make_config(**config_values(path, overrides, assignments, base))
+
+
+def config_values(
+    path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    assignments: Sequence[str] = (),
+    base: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The keys that `load_config` validates: only those given (defaults are not filled in)."""
     values: dict[str, Any] = {**(base or {}), **(read_config_file(path) if path else {})}
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     for text in assignments:
@@ -334,7 +355,7 @@ def load_config(
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {text!r}: {k!r} is not a mapping")
         node[keys[-1]] = value
-    return make_config(**values)
+    return values
 
 
 def save_config(cfg: TrainConfig) -> str:

@@ -7,6 +7,7 @@ command whose extra is missing says so in one line instead of failing on an impo
     pip install 'imgtrain[tune]'     # imgtrain tune        pip install 'imgtrain[mlflow]'   # track: mlflow
     pip install 'imgtrain[postgres]' # tune --storage postgresql://...
     pip install 'imgtrain[notebook]' # run.show() and the live progress table in Jupyter
+    pip install 'imgtrain[audit]'    # imgtrain audit (cleanlab, faiss)
     pip install 'imgtrain[all]'      # every one of them
 """
 
@@ -26,6 +27,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "mlflow": ("mlflow",),
     "postgres": ("psycopg",),
     "notebook": ("IPython",),
+    "audit": ("cleanlab", "faiss"),
 }
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol, cast
 
 import numpy as np
@@ -16,7 +17,7 @@ from imgtrain.core.registry import Registry
 from imgtrain.data import builtin, files
 from imgtrain.data.dataset import Dataset, Split
 from imgtrain.data.images import convert_array, decode_many
-from imgtrain.data.split import stratified_split, stratified_subset
+from imgtrain.data.split import fold_of_each, parse_fold, stratified_split, stratified_subset
 
 if TYPE_CHECKING:
     from imgtrain.core.config import TrainConfig
@@ -173,7 +174,8 @@ def _decode_splits(
         else:
             x, ok, bad = decode_cached(paths, size, c)
             skipped.update(bad)
-            splits[split], row_paths[split] = Split(y[ok], x=x), [p for p, k in zip(paths, ok) if k]
+            kept = np.flatnonzero(ok)  # positions in the listing: an undecodable file keeps its place
+            splits[split], row_paths[split] = Split(y[ok], x=x, origin=kept), [p for p, k in zip(paths, ok) if k]
     return splits, row_paths
 
 
@@ -264,6 +266,7 @@ def _from_files(
         data_hash=digest,
         source=spec.partition(":")[2],
         skipped=skipped,
+        files={name: list(paths) for name, (paths, _) in listing.splits.items()},
     )
     if dropped:
         ds.notes.append(
@@ -338,6 +341,8 @@ def run_dataset(config: TrainConfig | Mapping[str, Any], name: str | None = None
             test_limit=c.get("test_limit"),
             classes=c.get("classes"),
             allow_outside_root=c.get("allow_outside_root", False),
+            fold=c.get("fold"),
+            decisions=c.get("decisions"),
         )
     args.update({k: v for k, v in changes.items() if v is not None})
     return load_dataset(name or c["dataset"], **args)
@@ -356,17 +361,25 @@ def load_dataset(
     stream: bool | None = None,
     allow_outside_root: bool = False,
     classes: Sequence[str | int] | None = None,
+    fold: str | None = None,
+    decisions: str | Path | None = None,
 ) -> Dataset:
     """Load a dataset and carve the validation split from train (seeded, stratified).
 
     Where the data has no test set, `test_split` of train is held out as the test set first; the test set is
     never used for choices during training. `allow_outside_root` (folder and csv): read files that lead out of the
     dataset folder (symlinks; in a CSV also `../` and absolute paths) instead of skipping them. `classes`: keep only
-    these classes (keep_classes), before any split or limit.
+    these classes (keep_classes), before any split or limit. `decisions`: a CSV of keep/relabel/drop decisions
+    (data/decisions.py), applied first. `fold` "K/N": the training images (after the limits)
+    in N stratified folds; the run trains on the others and tests on fold K (the data's own test set set aside).
     """
     kind, arg = parse_name(name)
     extra = {"allow_outside_root": True} if allow_outside_root and kind in ("folder", "csv") else {}
     ds = DATASETS.get(kind)(arg, image_size=image_size, channels=channels, stream=stream, **extra)
+    if decisions:
+        from imgtrain.data.decisions import apply_decisions
+
+        ds = apply_decisions(ds, decisions)
     if classes:
         ds = keep_classes(ds, list(classes))
     if ds.test is None and test_split > 0:
@@ -377,9 +390,41 @@ def load_dataset(
         ds.train = ds.train.take(stratified_subset(ds.train.y, train_limit, seed))
     if test_limit and ds.test is not None:
         ds.test = ds.test.take(stratified_subset(ds.test.y, test_limit, seed))
+    if fold:
+        ds = fold_split(ds, fold, seed)
     if ds.val is None and val_split > 0:
         keep, out = stratified_split(ds.train.y, val_split, seed)
         ds.train, ds.val = ds.train.take(keep), ds.train.take(out)
+    return ds
+
+
+def check_folds(ds: Dataset, folds: int) -> None:
+    """One line if the training images cannot be split into `folds` stratified folds."""
+    counts = np.bincount(ds.train.y, minlength=ds.num_classes)
+    present = np.flatnonzero(counts)
+    if len(present) < 2:
+        raise DataError(f"{ds.name}: the training images hold one class; cross-validation needs two or more")
+    small = [(ds.class_names[c], int(counts[c])) for c in present if counts[c] < folds]
+    if small:
+        name, n = min(small, key=lambda t: t[1])
+        raise DataError(
+            f"{ds.name}: class {name!r} has {n} training image{'s' * (n != 1)}, fewer than the {folds} folds; "
+            f"use {n} folds or fewer, or add images" + (f" ({len(small)} classes are short)" if len(small) > 1 else "")
+        )
+
+
+def fold_split(ds: Dataset, fold: str, seed: int) -> Dataset:
+    """`ds` with fold K of N of its training images as the test set and the other folds as the training set."""
+    try:
+        k, n = parse_fold(fold)
+    except ValueError as e:
+        raise DataError(str(e)) from None
+    check_folds(ds, n)
+    which = fold_of_each(ds.train.y, n, seed)
+    ds.train, ds.test = ds.train.take(np.flatnonzero(which != k - 1)), ds.train.take(np.flatnonzero(which == k - 1))
+    ds.notes.append(
+        f"fold {k}/{n}: trains on {len(ds.train)} images of the other folds, tests on this one's {len(ds.test)}"
+    )
     return ds
 
 

@@ -18,6 +18,10 @@ class Split:
     y: np.ndarray
     x: np.ndarray | None = None
     paths: list[str] | None = None
+    # each row's position in the split as the dataset ships it (MNIST's test set in its published order); None: the
+    # rows are that order. Subsets (limits, classes, folds, the validation carve) keep it, so that an audit's rows
+    # and a decisions file name the same images.
+    origin: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.y = np.asarray(self.y, dtype=np.int64)
@@ -26,6 +30,15 @@ class Split:
         n = len(self.x) if self.x is not None else len(cast("list[str]", self.paths))  # one of them is set
         if n != len(self.y):
             raise ValueError(f"{n} images but {len(self.y)} labels")
+        if self.origin is not None:
+            self.origin = np.asarray(self.origin, dtype=np.int64)
+            if len(self.origin) != n:
+                raise ValueError(f"{n} images but {len(self.origin)} positions")
+
+    @property
+    def positions(self) -> np.ndarray:
+        """Each row's position in the split as shipped."""
+        return np.arange(len(self.y)) if self.origin is None else self.origin
 
     def __len__(self) -> int:
         return len(self.y)
@@ -35,10 +48,11 @@ class Split:
         return self.x is not None
 
     def take(self, idx: np.ndarray) -> "Split":
+        idx = np.asarray(idx, dtype=np.int64)
         if self.x is not None:
-            return Split(self.y[idx], x=self.x[idx])
+            return Split(self.y[idx], x=self.x[idx], origin=self.positions[idx])
         paths = cast("list[str]", self.paths)  # no arrays: files
-        return Split(self.y[idx], paths=[paths[i] for i in idx])
+        return Split(self.y[idx], paths=[paths[i] for i in idx], origin=self.positions[idx])
 
     def counts(self, num_classes: int) -> list[int]:
         counts: list[int] = np.bincount(self.y, minlength=num_classes).tolist()
@@ -57,6 +71,12 @@ class Dataset:
     source: str = ""  # where the data was read from
     skipped: dict[str, str] = field(default_factory=dict)  # path -> reason: files and class folders not used
     notes: list[str] = field(default_factory=list)
+    # file datasets: each split's files as listed, the order of Split.positions (a row's file:
+    # files[split][split_obj.positions[row]]); a split carved from train (test, val) points into files["train"]
+    files: dict[str, list[str]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # what a run found wrong with the data (data/checks.py)
+    # a decisions file applied (data/decisions.py): its path, sha256 and counts
+    decisions: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -89,4 +109,6 @@ class Dataset:
             "skipped": len(self.skipped),
             "skipped_files": dict(list(self.skipped.items())[:1000]),
             "notes": list(self.notes),
+            "warnings": list(self.warnings),
+            **({"decisions": dict(self.decisions)} if self.decisions else {}),
         }

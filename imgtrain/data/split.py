@@ -30,3 +30,22 @@ def stratified_subset(y: np.ndarray, n: int, seed: int) -> np.ndarray:
         return np.arange(len(y))
     keep, _ = stratified_split(y, 1 - n / len(y), seed)
     return keep
+
+
+def parse_fold(fold: str) -> tuple[int, int]:
+    """ "K/N" -> (K, N), 1 <= K <= N, N >= 2."""
+    k, n = (int(v) for v in fold.split("/"))
+    if n < 2 or not 1 <= k <= n:
+        raise ValueError(f"fold {fold!r}: K/N needs 1 <= K <= N and N >= 2 folds")
+    return k, n
+
+
+def fold_of_each(y: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """Which of `folds` stratified, seeded folds (0..folds-1) each item is in: every class spread evenly, so a
+    class needs at least `folds` items (checked by the caller, which knows the class names)."""
+    from sklearn.model_selection import StratifiedKFold
+
+    out = np.empty(len(y), np.int64)
+    for k, (_, held) in enumerate(StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y)):
+        out[held] = k
+    return out

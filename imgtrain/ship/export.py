@@ -197,7 +197,8 @@ def export(target: str | Path, fmt: str, out: str | Path | None = None, check: i
         "precision": precision_of(model),
         **preprocessing(model, meta),
     }
+    info["trained_precision"] = precision_of(trained)
     if as_trained is not None:  # what the float32 conversion cost, on the same images
-        info.update(trained_precision=precision_of(trained), vs_trained=_agreement(got, as_trained))
+        info["vs_trained"] = _agreement(got, as_trained)
     atomic_write_json(out_dir / f"{path.name}.preprocessing.json", info)
     return info

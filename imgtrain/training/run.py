@@ -118,6 +118,11 @@ def _log_data(ds: Dataset, log: logging.Logger) -> None:
     )
     for note in ds.notes:
         log.info("data: %s", note)
+    from imgtrain.data.checks import data_warnings
+
+    ds.warnings = data_warnings(ds)
+    for warning in ds.warnings:
+        log.warning("data: %s", warning)
     for path, reason in ds.skipped.items():
         log.warning("skipped %s: %s", path, reason)
 
