@@ -54,7 +54,8 @@ import keras
 import numpy as np
 
 SMALL = os.environ.get("IMGTRAIN_TUTORIAL_SMALL") == "1"  # make test: a few thousand images, one or two epochs
-LIMIT = 2000 if SMALL else None  # training images of each run (None: all)""",
+LIMIT = 2000 if SMALL else None  # training images of each run (None: all)
+print(f"imgtrain {imgtrain.__version__}, Keras {keras.__version__} on {keras.backend.backend()}")""",
     ),
     (
         "md",

@@ -52,7 +52,7 @@ def test_flipped_labels_are_found_with_high_precision_and_recall(flipped_audit):
     found = set(label["index"])
     hits = len(found & set(flips.tolist()))
     precision, recall = hits / len(found), hits / len(flips)
-    assert precision >= 0.85 and recall >= 0.85, (precision, recall)  # measured: 0.938 and 0.938
+    assert precision >= 0.85 and recall >= 0.85, (precision, recall)  # measured: 0.946 and 0.932 (985 flagged)
     # a random ranking of as many images finds about 5%
     random = np.random.default_rng(1).permutation(20000)[: len(found)]
     assert len(set(random.tolist()) & set(flips.tolist())) / len(found) < 0.1

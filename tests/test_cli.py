@@ -1,6 +1,7 @@
 import csv
 import io
 import json
+import re
 
 import pytest
 from conftest import run_cli
@@ -161,7 +162,9 @@ def test_predict_says_what_it_wrote_and_when_an_image_is_far_from_the_model_inpu
     digit = tmp_path / "digit.png"
     Image.fromarray(np.zeros((28, 28), np.uint8)).save(digit)
     proc = run_cli("predict", out, photo, digit, "--format", "csv", "-o", tmp_path / "p.csv")
-    assert proc.stdout.strip() == f"written: {tmp_path / 'p.csv'} (2 images, 0 skipped)"
+    assert re.fullmatch(
+        rf"written: {re.escape(str(tmp_path / 'p.csv'))} \(2 images, 0 skipped; [\d,]+ img/s\)", proc.stdout.strip()
+    )
     assert proc.stderr.strip() == (
         f"note: {photo}: converted from colour to grayscale and resized from 320x240 to "
         "28x28 (the model was trained on 28x28 grayscale images)"
@@ -169,3 +172,117 @@ def test_predict_says_what_it_wrote_and_when_an_image_is_far_from_the_model_inpu
     rows = list(csv.DictReader(open(tmp_path / "p.csv")))
     notes = {r["file"]: r["note"] for r in rows if r["rank"] == "1"}
     assert notes[str(digit)] == "" and notes[str(photo)].startswith("converted from colour to grayscale")
+
+
+@pytest.fixture(scope="module")
+def many_pngs(tmp_path_factory):
+    """300 MNIST test digits as PNG files in class folders, and one file that is not an image."""
+    from conftest import write_pngs
+
+    from imgtrain.data import load_dataset
+
+    ds = load_dataset("mnist", val_split=0, test_limit=300)
+    root = tmp_path_factory.mktemp("many") / "digits"
+    write_pngs(root, ds.test.x, ds.test.y, [str(i) for i in range(10)])
+    (root / "3" / "broken.png").write_bytes(b"not a png")
+    return root
+
+
+def test_predict_to_a_csv_streams_the_rows_of_the_in_memory_path(mnist_run, many_pngs, tmp_path):
+    out, _ = mnist_run
+    proc = run_cli("predict", out, many_pngs, "-o", tmp_path / "p.csv", "-k", "2", "--batch-size", "64")
+    assert re.fullmatch(r"written: .*p\.csv \(301 images, 1 skipped; [\d,]+ img/s\)", proc.stdout.strip())
+    rows = list(csv.DictReader(open(tmp_path / "p.csv")))
+    want = json.loads(run_cli("predict", out, many_pngs, "--format", "json", "-k", "2").stdout)
+    assert [r["file"] for r in rows] == [w["file"] for w in want for _ in (w["top"] or [None])]
+    got = {(r["file"], r["rank"]): r for r in rows}
+    for w in want:
+        if w["error"]:
+            assert got[w["file"], ""]["error"] == w["error"]
+        for rank, t in enumerate(w["top"], start=1):
+            r = got[w["file"], str(rank)]
+            assert r["class"] == t["class"] and float(r["probability"]) == pytest.approx(t["probability"], rel=1e-5)
+    side = json.loads((tmp_path / "p.csv.json").read_text())
+    assert side["top_k"] == 2 and side["shard"] == "1/1" and side["model"].endswith("best.keras")
+
+
+def test_a_cut_off_csv_is_continued_with_every_file_once(mnist_run, many_pngs, tmp_path):
+    """A kill leaves the CSV cut anywhere, even inside a file's rows: the same command keeps every complete file,
+    writes the rest, and ends with the same bytes as a run that was never stopped."""
+    out, _ = mnist_run
+    whole = tmp_path / "whole.csv"
+    run_cli("predict", out, many_pngs, "-o", whole, "-k", "3", "--batch-size", "50")
+    cut = tmp_path / "cut.csv"
+    data = whole.read_bytes()
+    middle = data.index(b"\n", len(data) // 2) + 1
+    middle = data.index(b",2,", middle) + 2  # inside a file's second row
+    cut.write_bytes(data[:middle])
+    (tmp_path / "cut.csv.json").write_bytes((tmp_path / "whole.csv.json").read_bytes())
+    proc = run_cli("predict", out, many_pngs, "-o", cut, "-k", "3", "--batch-size", "50")
+    assert cut.read_bytes() == data
+    kept = int(re.search(r"([\d,]+) kept from an earlier run", proc.stdout).group(1).replace(",", ""))
+    assert 100 < kept < 200
+
+
+def test_shards_split_the_files_between_processes(mnist_run, many_pngs, tmp_path):
+    out, _ = mnist_run
+    run_cli("predict", out, many_pngs, "-o", tmp_path / "all.csv", "-k", "1")
+    parts = []
+    for k in (1, 2, 3):
+        run_cli("predict", out, many_pngs, "-o", tmp_path / f"s{k}.csv", "-k", "1", "--shard", f"{k}/3")
+        parts.append(list(csv.DictReader(open(tmp_path / f"s{k}.csv"))))
+    whole = list(csv.DictReader(open(tmp_path / "all.csv")))
+    assert [len(p) for p in parts] == [101, 100, 100]
+    assert sorted(map(str, (r for p in parts for r in p))) == sorted(map(str, whole))
+    assert [r["file"] for r in parts[1]] == [r["file"] for r in whole][1::3]
+
+
+def test_predict_refuses_a_bad_shard_and_an_output_of_another_model(mnist_run, many_pngs, tmp_path):
+    out, _ = mnist_run
+    proc = run_cli("predict", out, many_pngs, "-o", tmp_path / "p.csv", "--shard", "3/2", check=False)
+    assert (
+        proc.returncode == 2
+        and "--shard '3/2': K/N with 1 <= K <= N" in proc.stderr
+        and not (tmp_path / "p.csv").exists()
+    )
+    run_cli("predict", out, many_pngs, "-o", tmp_path / "p.csv", "-k", "1")
+    before = (tmp_path / "p.csv").read_bytes()
+    other = tmp_path / "other.keras"
+    import keras
+
+    model = keras.models.load_model(out / "best.keras")
+    model.layers[-1].set_weights([w * 0.5 for w in model.layers[-1].get_weights()])
+    model.save(other)
+    proc = run_cli("predict", other, many_pngs, "-o", tmp_path / "p.csv", "-k", "1", check=False)
+    assert proc.returncode == 2 and "holds predictions of another model" in proc.stderr
+    assert (tmp_path / "p.csv").read_bytes() == before
+    (tmp_path / "mine.csv").write_text("a,b\n1,2\n")
+    proc = run_cli("predict", out, many_pngs, "-o", tmp_path / "mine.csv", check=False)
+    assert proc.returncode == 2 and "was not written by imgtrain predict" in proc.stderr
+    assert (tmp_path / "mine.csv").read_text() == "a,b\n1,2\n"
+
+
+def test_predict_with_flip_tta_averages_the_mirror_and_refuses_a_model_never_trained_on_flips(
+    mnist_run, many_pngs, tmp_path
+):
+    import numpy as np
+
+    from imgtrain.analysis.evaluate import predict_arrays
+    from imgtrain.core.saving import load_model
+    from imgtrain.data.images import try_decode
+
+    out, _ = mnist_run
+    proc = run_cli("predict", out, many_pngs, "--tta", "flip", "-o", tmp_path / "t.csv", check=False)
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        "error: tta flip: this model was not trained with horizontal flips (no RandomFlip layer), so it never saw "
+        "mirrored images; --force-tta uses it anyway"
+    )
+    assert not (tmp_path / "t.csv").exists()
+    run_cli("predict", out, many_pngs / "7", "--tta", "flip", "--force-tta", "-k", "1", "-o", tmp_path / "t.csv")
+    rows = list(csv.DictReader(open(tmp_path / "t.csv")))
+    model, _ = load_model(out)
+    x = np.stack([try_decode(r["file"], (28, 28), 1)[0] for r in rows])
+    mean = (predict_arrays(model, x) + predict_arrays(model, x[:, :, ::-1])) / 2
+    assert [int(r["index"]) for r in rows] == mean.argmax(1).tolist()
+    np.testing.assert_allclose([float(r["probability"]) for r in rows], mean.max(1), rtol=1e-5)  # 6 digits written
+    assert json.loads((tmp_path / "t.csv.json").read_text())["tta"] == "flip"

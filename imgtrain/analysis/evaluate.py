@@ -27,6 +27,30 @@ def check_tta(tta: str) -> str:
     return tta
 
 
+def trained_with_flips(model: keras.Model) -> bool:
+    """Whether the model holds a horizontal RandomFlip (its training augmentation), nested models included."""
+    import keras
+
+    stack = list(model.layers)
+    while stack:
+        layer = stack.pop()
+        if isinstance(layer, keras.layers.RandomFlip) and "horizontal" in str(layer.mode):
+            return True
+        stack += getattr(layer, "layers", [])
+    return False
+
+
+def tta_for(model: keras.Model, tta: str, force: bool = False) -> keras.Model:
+    """`with_tta` for prediction, refused in one line for a model that never saw mirrored images in training
+    (flip TTA would average in a view it was not trained on) unless `force`."""
+    if check_tta(tta) == "flip" and not force and not trained_with_flips(model):
+        raise ConfigError(
+            "tta flip: this model was not trained with horizontal flips (no RandomFlip layer), so it never saw "
+            "mirrored images; --force-tta uses it anyway"
+        )
+    return with_tta(model, tta)
+
+
 def with_tta(model: keras.Model, tta: str = "none") -> keras.Model:
     """`model`, or a model that averages its outputs over the `tta` views of each input (in memory only: the
     wrapper is not meant to be saved; save and export the model itself)."""

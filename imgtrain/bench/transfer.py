@@ -233,7 +233,7 @@ def later(seconds: list[float]) -> float:
 def transfer_bench(quick: bool, log: Callable[[str], object] = print) -> dict[str, Any]:
     from imgtrain.bench.folder import make_jpeg_folder, using_data_dir
 
-    size, n, big, frozen, tuned = (96, 128, 600, 2, 2) if quick else (224, 1000, 10000, 3, 5)
+    size, n, big, frozen, tuned = (96, 128, 300, 2, 2) if quick else (224, 1000, 10000, 3, 5)
     out: dict[str, Any] = {
         "backbone": BACKBONE,
         "batch_size": BATCH,

@@ -33,12 +33,12 @@ def audit_command(
 
     require("audit", "imgtrain audit")
     from imgtrain.auditing.run import audit
-    from imgtrain.cli.app import _preset
     from imgtrain.core.backend import use_backend
     from imgtrain.core.config import config_values
+    from imgtrain.core.presets import preset_config
 
     flags = dict(model=model, epochs=epochs, train_limit=train_limit)
-    values = config_values(config, flags, set_, base=_preset(preset))
+    values = config_values(config, flags, set_, base=preset_config(preset) if preset else None)
     values.pop("dataset", None)  # a preset names its own dataset: the audit's is --dataset
     use_backend(values.get("backend", "tensorflow"))
     result = audit(

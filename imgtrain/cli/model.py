@@ -84,23 +84,44 @@ def predict(
     model_path: Path = typer.Argument(..., metavar="MODEL", help="run directory or model file"),
     images: List[str] = typer.Argument(..., help="image files and/or folders"),
     top_k: int = typer.Option(3, "--top-k", "-k", help="classes to show per image"),
-    fmt: str = typer.Option("table", "--format", "-f", help="table, csv or json"),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="write here instead of standard output"),
+    fmt: Optional[str] = typer.Option(
+        None, "--format", "-f", help="table, csv or json (default: csv for an --output NAME.csv, else table)"
+    ),
+    output: Optional[Path] = typer.Option(
+        None, "--output", "-o", help="write here instead of standard output; a CSV is written as it goes and continued"
+    ),
+    shard: str = typer.Option("1/1", "--shard", help="K/N: score every N-th file from the K-th (N processes)"),
+    batch_size: int = typer.Option(256, "--batch-size", "-b", help="images per model call"),
+    tta: str = typer.Option("none", "--tta", help="test-time augmentation: none, or flip (mean with the mirror image)"),
+    force_tta: bool = typer.Option(False, "--force-tta", help="flip TTA for a model not trained with flips"),
 ) -> None:
-    """Top-k classes with names and probabilities for each image."""
+    """Top-k classes with names and probabilities for each image. With `--output NAME.csv` the rows are written as
+    the images are scored (memory does not grow with their number) and the same command continues a killed run."""
+    fmt = fmt or ("csv" if output is not None and output.suffix.lower() == ".csv" else "table")
     if fmt not in ("table", "csv", "json"):
         raise ImgtrainError(f"unknown format {fmt!r}; valid: table, csv, json")
     if top_k < 1:
         raise ImgtrainError(f"--top-k must be at least 1 (got {top_k})")
+    if batch_size < 1:
+        raise ImgtrainError(f"--batch-size must be at least 1 (got {batch_size})")
+    from imgtrain.ship.batch_predict import parse_shard
+
+    part = parse_shard(shard)
     from imgtrain.core.saving import resolve_model_path
 
-    resolve_model_path(model_path)  # a wrong model path is reported before anything else
+    model_file = resolve_model_path(model_path)  # a wrong model path is reported before anything else
     backend_of(model_path)
+    from imgtrain.analysis.evaluate import check_tta, tta_for
     from imgtrain.analysis.predict import expand_paths, format_rows, predict_files
     from imgtrain.core.saving import load_model
 
+    check_tta(tta)
     paths = expand_paths(images)
     model, meta = load_model(model_path)
+    model = tta_for(model, tta, force_tta)
+    if output is not None and fmt == "csv":
+        return _stream_csv(model, model_file, paths, meta["class_names"], output, top_k, batch_size, part, tta)
+    paths = paths[part[0] - 1 :: part[1]]
     rows = predict_files(model, paths, meta["class_names"], top_k)
     notes = [f"note: {r['file']}: {r['note']}" for r in rows if r.get("note")]
     for line in notes[:10]:  # on stderr, so that standard output stays the table, CSV or JSON
@@ -117,6 +138,38 @@ def predict(
         typer.echo(f"written: {output} ({len(rows)} images, {sum(bool(r['error']) for r in rows)} skipped)")
     else:
         typer.echo(text)
+
+
+def _stream_csv(
+    model: Any,
+    model_file: Path,
+    paths: List[str],
+    class_names: List[str],
+    output: Path,
+    top_k: int,
+    batch_size: int,
+    shard: tuple[int, int],
+    tta: str,
+) -> None:
+    from imgtrain.ship.batch_predict import predict_to_csv, terminal_progress
+
+    done = predict_to_csv(
+        model,
+        model_file,
+        paths,
+        class_names,
+        output,
+        top_k=top_k,
+        batch_size=batch_size,
+        shard=shard,
+        tta=tta,
+        progress=terminal_progress,
+    )
+    for path, note in done["notes"]:  # on stderr, as for the other formats
+        typer.echo(f"note: {path}: {note}", err=True)
+    kept = f", {done['kept']:,} kept from an earlier run" if done["kept"] else ""
+    rate = done["written"] / done["seconds"] if done["seconds"] > 0 else 0
+    typer.echo(f"written: {output} ({done['files']} images, {done['skipped']} skipped{kept}; {rate:,.0f} img/s)")
 
 
 def export_model(

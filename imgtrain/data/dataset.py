@@ -48,7 +48,8 @@ class Split:
         return self.x is not None
 
     def take(self, idx: np.ndarray) -> "Split":
-        idx = np.asarray(idx, dtype=np.int64)
+        idx = np.asarray(idx)
+        idx = np.flatnonzero(idx) if idx.dtype == bool else idx.astype(np.int64)  # a mask or positions
         if self.x is not None:
             return Split(self.y[idx], x=self.x[idx], origin=self.positions[idx])
         paths = cast("list[str]", self.paths)  # no arrays: files
