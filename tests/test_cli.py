@@ -286,3 +286,18 @@ def test_predict_with_flip_tta_averages_the_mirror_and_refuses_a_model_never_tra
     assert [int(r["index"]) for r in rows] == mean.argmax(1).tolist()
     np.testing.assert_allclose([float(r["probability"]) for r in rows], mean.max(1), rtol=1e-5)  # 6 digits written
     assert json.loads((tmp_path / "t.csv.json").read_text())["tta"] == "flip"
+
+
+def test_a_csv_killed_before_its_header_is_continued_with_one(tmp_path):
+    from imgtrain.ship.batch_predict import COLUMNS, _open, completed
+
+    identity = {"model_sha256": "a", "class_names": ["0", "1"], "top_k": 1, "shard": "1/1", "tta": "none"}
+    out = tmp_path / "p.csv"
+    out.write_bytes(b"file,ra")  # killed while the header was being written
+    (tmp_path / "p.csv.json").write_text(json.dumps(identity))
+    done, f = _open(out, identity)
+    f.close()
+    assert done == set() and out.read_text() == ",".join(COLUMNS) + "\n"
+    complete = ",".join(COLUMNS) + "\na.png,1,0,0,0.9,,\nb.png,,,,,not an image,\n"
+    out.write_text(complete + "c.png,1,1,1,0.")  # a file's row cut off
+    assert completed(out, 1) == ({"a.png", "b.png"}, len(complete))

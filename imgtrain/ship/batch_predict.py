@@ -95,7 +95,10 @@ def _open(out: Path, identity: dict[str, Any]) -> tuple[set[str], Any]:
             raise ImgtrainError(f"{out} holds predictions of {what}; choose another --output to keep both")
         done, keep = completed(out, identity["top_k"])
         os.truncate(out, keep)
-        return done, open(out, "a", newline="", encoding="utf-8")
+        f = open(out, "a", newline="", encoding="utf-8")
+        if keep == 0:  # killed before its header was written
+            csv.writer(f, lineterminator="\n").writerow(COLUMNS)
+        return done, f
     from imgtrain.core.saving import atomic_write_json
 
     out.parent.mkdir(parents=True, exist_ok=True)
