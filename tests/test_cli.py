@@ -284,12 +284,15 @@ def test_predict_with_flip_tta_averages_the_mirror_and_refuses_a_model_never_tra
     x = np.stack([try_decode(r["file"], (28, 28), 1)[0] for r in rows])
     mean = (predict_arrays(model, x) + predict_arrays(model, x[:, :, ::-1])) / 2
     assert [int(r["index"]) for r in rows] == mean.argmax(1).tolist()
-    np.testing.assert_allclose([float(r["probability"]) for r in rows], mean.max(1), rtol=1e-5)  # 6 digits written
+    np.testing.assert_allclose(
+        [float(r["probability"]) for r in rows], mean.max(1), rtol=1e-5
+    )  # the same model in both processes
     assert json.loads((tmp_path / "t.csv.json").read_text())["tta"] == "flip"
 
 
 def test_a_csv_killed_before_its_header_is_continued_with_one(tmp_path):
-    from imgtrain.ship.batch_predict import COLUMNS, _open, completed
+    from imgtrain.analysis.predict import CSV_COLUMNS as COLUMNS
+    from imgtrain.ship.batch_predict import _open, completed
 
     identity = {"model_sha256": "a", "class_names": ["0", "1"], "top_k": 1, "shard": "1/1", "tta": "none"}
     out = tmp_path / "p.csv"

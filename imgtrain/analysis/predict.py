@@ -65,46 +65,65 @@ def conversion_note(path: str, input_shape: Sequence[int]) -> str | None:
     return f"{' and '.join(what)} (the model was trained on {w}x{h} {kind} images)"
 
 
-def predict_files(
-    model: keras.Model, paths: list[str], class_names: list[str], top_k: int = 3, batch_size: int = 256
-) -> list[dict[str, Any]]:
-    """One dict per file: {'file', 'top': [{'class', 'index', 'probability'}], 'error', 'note'}; `note` says when
-    the file was converted far from the model's input (conversion_note)."""
-    h, w, c = model.input_shape[1:]
-    top_k = max(1, min(top_k, len(class_names)))
+def decode_files(paths: list[str], shape: Sequence[int]) -> tuple[list[dict[str, Any]], np.ndarray | None]:
+    """(one row per file, {'file', 'top': [], 'error', 'note'}; the images of the files that decoded, stacked in
+    order, or None). `note` says when a file was converted far from the model's input (conversion_note)."""
+    h, w, c = shape
     rows: list[dict[str, Any]] = []
     images: list[np.ndarray] = []
-    where: list[int] = []
     for p in paths:
         arr, reason = try_decode(p, (h, w), c)
         if arr is not None:
             images.append(arr)
-            where.append(len(rows))
         rows.append(
-            {"file": p, "top": [], "error": reason, "note": conversion_note(p, (h, w, c)) if arr is not None else None}
+            {"file": p, "top": [], "error": reason, "note": conversion_note(p, shape) if arr is not None else None}
         )
-    if images:
+    return rows, (np.stack(images) if images else None)
+
+
+def fill_top(rows: list[dict[str, Any]], probs: np.ndarray, class_names: list[str], top_k: int) -> None:
+    """Each decoded row's 'top': its `top_k` classes with probabilities (`probs`: one row per decoded file)."""
+    for r, pr in zip((r for r in rows if not r["error"]), probs):
+        best = np.argsort(-pr)[:top_k]
+        r["top"] = [{"class": class_names[i], "index": int(i), "probability": float(pr[i])} for i in best]
+
+
+def predict_files(
+    model: keras.Model, paths: list[str], class_names: list[str], top_k: int = 3, batch_size: int = 256
+) -> list[dict[str, Any]]:
+    """One dict per file: {'file', 'top': [{'class', 'index', 'probability'}], 'error', 'note'} (decode_files)."""
+    rows, images = decode_files(paths, model.input_shape[1:])
+    if images is not None:
         from imgtrain.analysis.evaluate import predict_arrays
 
-        probs = predict_arrays(model, np.stack(images), batch_size)
-        for r, pr in zip(where, probs):
-            best = np.argsort(-pr)[:top_k]
-            rows[r]["top"] = [{"class": class_names[i], "index": int(i), "probability": float(pr[i])} for i in best]
+        fill_top(rows, predict_arrays(model, images, batch_size), class_names, max(1, min(top_k, len(class_names))))
     return rows
+
+
+CSV_COLUMNS = ["file", "rank", "class", "index", "probability", "error", "note"]
+
+
+def csv_rows(row: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """A file's rows in the CSV: one per class of its top-k, or one with its error."""
+    if row["error"]:
+        return [(row["file"], "", "", "", "", row["error"], "")]
+    return [
+        (row["file"], rank + 1, t["class"], t["index"], t["probability"], "", row.get("note") or "")
+        for rank, t in enumerate(row["top"])
+    ]
 
 
 def format_rows(rows: list[dict[str, Any]], fmt: str) -> str:
     if fmt == "json":
         return json.dumps(rows, indent=2)
-    flat = [
-        (r["file"], rank + 1, t["class"], t["index"], t["probability"], "", r.get("note") or "")
-        for r in rows
-        for rank, t in enumerate(r["top"])
-    ] + [(r["file"], "", "", "", "", r["error"], "") for r in rows if r["error"]]
+    # the ranked rows of every file, then the files that could not be read
+    flat = [t for r in rows if not r["error"] for t in csv_rows(r)] + [
+        t for r in rows if r["error"] for t in csv_rows(r)
+    ]
     if fmt == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(["file", "rank", "class", "index", "probability", "error", "note"])
+        writer.writerow(CSV_COLUMNS)
         writer.writerows(flat)
         return buf.getvalue().rstrip("\n")
     if fmt != "table":

@@ -18,9 +18,9 @@ if TYPE_CHECKING:
 class Rows:
     """Builds issue rows that name an image the way the dataset ships it (split, position, file)."""
 
-    def __init__(self, ds: Dataset, arrays: dict[str, Any]) -> None:
-        self.ds, self.arrays, self.rows = ds, arrays, []  # type: ignore[var-annotated]
-        self.names = ds.class_names
+    def __init__(self, ds: Dataset) -> None:
+        self.ds, self.names = ds, ds.class_names
+        self.rows: list[dict[str, Any]] = []
 
     def where(self, split: str, row: int) -> dict[str, Any]:
         part = getattr(self.ds, split)
@@ -56,7 +56,7 @@ def analyse(
     outlier_fraction: float,
     log: Callable[[str], object] = print,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    out = Rows(ds, arrays)
+    out = Rows(ds)
     summary: dict[str, Any] = {"images": {}, "notes": list(ds.notes)}
     clock = [time.perf_counter()]
     seconds: dict[str, float] = {}

@@ -4,13 +4,13 @@ images). Streamed splits are decoded batch by batch, so memory stays at the thum
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import cast
 
 import numpy as np
 
+from imgtrain.core.hashing import image_digest
 from imgtrain.data.dataset import Split
 
 THUMB = 32  # pixels: thumbnails at most this side (MNIST's 28x28 stay as they are)
@@ -19,7 +19,7 @@ THUMB = 32  # pixels: thumbnails at most this side (MNIST's 28x28 stay as they a
 @dataclass
 class PixelFacts:
     rows: np.ndarray  # rows of the split that decoded
-    hashes: list[str]  # sha256 of each image's decoded bytes and shape, 16 hex digits
+    hashes: list[str]  # image_digest of each image (its decoded pixels and shape)
     thumbs: np.ndarray  # (n, t, t) float16, each standardised to mean 0 and standard deviation 1 (0 if constant)
     mean: np.ndarray  # mean pixel 0-255 (all channels)
     std: np.ndarray  # standard deviation of the pixels 0-255
@@ -58,7 +58,7 @@ def pixel_facts(split: Split, shape: tuple[int, ...], batch: int = 1024) -> Pixe
     rows, hashes, thumbs, mean, std = [], [], [], [], []
     for x, keep in _batches(split, shape, batch):
         rows.append(keep)
-        hashes += [hashlib.sha256(f"{img.shape}".encode() + img.tobytes()).hexdigest()[:16] for img in x]
+        hashes += [image_digest(img) for img in x]
         thumbs.append(thumbnails(x).astype(np.float16))
         flat = x.reshape(len(x), -1).astype(np.float32)
         mean.append(flat.mean(axis=1))

@@ -4,19 +4,18 @@ classes with very few training images."""
 
 from __future__ import annotations
 
-import hashlib
 from typing import cast
 
 import numpy as np
 
+from imgtrain.core.hashing import image_digest
 from imgtrain.data.dataset import Dataset, Split
 
 FEW = 10  # training images: a class with fewer, or with under a tenth of the median class, is called out
 
 
-def _hashes(split: Split) -> set[bytes]:
-    x = cast(np.ndarray, split.x)
-    return {hashlib.blake2b(img.tobytes(), digest_size=16).digest() for img in x}
+def _hashes(split: Split) -> set[str]:
+    return {image_digest(img) for img in cast(np.ndarray, split.x)}
 
 
 def data_warnings(ds: Dataset) -> list[str]:
@@ -29,8 +28,7 @@ def data_warnings(ds: Dataset) -> list[str]:
         out.append(f"classes with very few training images (median {median:,.0f}): {listed}")
     if ds.test is not None and ds.test.in_memory and ds.train.in_memory and len(ds.test):
         seen = _hashes(ds.train) | (_hashes(ds.val) if ds.val is not None and ds.val.in_memory else set())
-        x = cast(np.ndarray, ds.test.x)
-        copies = sum(hashlib.blake2b(img.tobytes(), digest_size=16).digest() in seen for img in x)
+        copies = sum(image_digest(img) in seen for img in cast(np.ndarray, ds.test.x))
         if copies:
             out.append(
                 f"{copies:,} test image{'s are exact copies' if copies > 1 else ' is an exact copy'} of training "

@@ -12,12 +12,12 @@ must be the file at that position, so that a decisions file written for another 
 from __future__ import annotations
 
 import csv
-import hashlib
 from pathlib import Path
 
 import numpy as np
 
 from imgtrain.core.errors import DataError
+from imgtrain.core.hashing import sha256_files
 from imgtrain.data.dataset import Dataset
 
 CHOICES = ("keep", "relabel", "drop")
@@ -91,7 +91,7 @@ def apply_decisions(ds: Dataset, path: str | Path) -> Dataset:
     relabelled = len([k for k in labels if k[1] not in drops.get(k[0], set())])
     ds.decisions = {
         "file": str(path),
-        "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest(),
+        "sha256": sha256_files([Path(path)]),
         "dropped": sum(len(v) for v in drops.values()),
         "relabelled": relabelled,
     }

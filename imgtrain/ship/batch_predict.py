@@ -25,14 +25,11 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from imgtrain.analysis.predict import conversion_note
+from imgtrain.analysis.predict import CSV_COLUMNS, csv_rows, decode_files, fill_top
 from imgtrain.core.errors import ImgtrainError
-from imgtrain.data.images import try_decode
 
 if TYPE_CHECKING:
     import keras
-
-COLUMNS = ["file", "rank", "class", "index", "probability", "error", "note"]
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -97,54 +94,34 @@ def _open(out: Path, identity: dict[str, Any]) -> tuple[set[str], Any]:
         os.truncate(out, keep)
         f = open(out, "a", newline="", encoding="utf-8")
         if keep == 0:  # killed before its header was written
-            csv.writer(f, lineterminator="\n").writerow(COLUMNS)
+            csv.writer(f, lineterminator="\n").writerow(CSV_COLUMNS)
         return done, f
     from imgtrain.core.saving import atomic_write_json
 
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(side, identity)
     f = open(out, "w", newline="", encoding="utf-8")
-    csv.writer(f, lineterminator="\n").writerow(COLUMNS)
+    csv.writer(f, lineterminator="\n").writerow(CSV_COLUMNS)
     f.flush()
     return set(), f
 
 
-def _decode(paths: list[str], shape: tuple[int, int, int]) -> tuple[list[tuple[str, str | None, str | None]], Any]:
-    """([(path, error, note)], stacked images of the paths that decoded, in order)."""
-    h, w, c = shape
-    rows, images = [], []
-    for p in paths:
-        arr, reason = try_decode(p, (h, w), c)
-        rows.append((p, reason, conversion_note(p, shape) if arr is not None else None))
-        if arr is not None:
-            images.append(arr)
-    return rows, (np.stack(images) if images else None)
-
-
-def _lines(rows: list[tuple[str, str | None, str | None]], probs: Any, names: list[str], k: int) -> str:
+def _lines(rows: list[dict[str, Any]]) -> str:
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    at = 0
-    for path, error, note in rows:
-        if error:
-            writer.writerow([path, "", "", "", "", error, ""])
-            continue
-        p = probs[at]
-        at += 1
-        for rank, i in enumerate(np.argsort(-p, kind="stable")[:k]):
-            writer.writerow([path, rank + 1, names[i], int(i), f"{float(p[i]):.6g}", "", note or ""])
+    csv.writer(buf, lineterminator="\n").writerows(t for r in rows for t in csv_rows(r))
     return buf.getvalue()
 
 
 def _batches(todo: list[str], shape: tuple[int, int, int], batch: int) -> Iterator[tuple[list[Any], Any]]:
-    """Decoded batches in order, two decoding ahead in threads (Pillow lets go of the GIL while it decodes)."""
+    """Decoded batches (decode_files) in order, two decoding ahead in threads (Pillow lets go of the GIL while it
+    decodes)."""
     chunks = [todo[i : i + batch] for i in range(0, len(todo), batch)]
     with ThreadPoolExecutor(2) as pool:
-        ahead = deque(pool.submit(_decode, c, shape) for c in chunks[:2])
+        ahead = deque(pool.submit(decode_files, c, shape) for c in chunks[:2])
         for b in range(len(chunks)):
             result = ahead.popleft().result()
             if b + 2 < len(chunks):
-                ahead.append(pool.submit(_decode, chunks[b + 2], shape))
+                ahead.append(pool.submit(decode_files, chunks[b + 2], shape))
             yield result
 
 
@@ -173,13 +150,14 @@ def predict_to_csv(
     notes: list[tuple[str, str]] = []
     try:
         for rows, x in _batches(todo, shape, batch_size):
-            probs = np.asarray(model.predict_on_batch(x)) if x is not None else None
-            f.write(_lines(rows, probs, class_names, k))
+            if x is not None:
+                fill_top(rows, np.asarray(model.predict_on_batch(x)), class_names, k)
+            f.write(_lines(rows))
             f.flush()
             os.fsync(f.fileno())  # a kill after this loses nothing of this batch
             written += len(rows)
-            skipped += sum(1 for _, error, _ in rows if error)
-            notes += [(p, n) for p, _, n in rows if n][: max(0, 10 - len(notes))]
+            skipped += sum(1 for r in rows if r["error"])
+            notes += [(r["file"], r["note"]) for r in rows if r["note"]][: max(0, 10 - len(notes))]
             if progress:
                 progress(written, len(todo), time.perf_counter() - t0)
     finally:
