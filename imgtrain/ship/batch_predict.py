@@ -112,10 +112,9 @@ def _lines(rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def _batches(todo: list[str], shape: tuple[int, int, int], batch: int) -> Iterator[tuple[list[Any], Any]]:
+def _batches(chunks: list[list[str]], shape: tuple[int, int, int]) -> Iterator[tuple[list[Any], Any]]:
     """Decoded batches (decode_files) in order, two decoding ahead in threads (Pillow lets go of the GIL while it
     decodes)."""
-    chunks = [todo[i : i + batch] for i in range(0, len(todo), batch)]
     with ThreadPoolExecutor(2) as pool:
         ahead = deque(pool.submit(decode_files, c, shape) for c in chunks[:2])
         for b in range(len(chunks)):
@@ -145,13 +144,18 @@ def predict_to_csv(
     mine = paths[shard[0] - 1 :: shard[1]]
     done, f = _open(out, _identity(model_file, class_names, k, shard, tta))
     todo = [p for p in mine if p not in done]
+    # batches on the same grid as an uninterrupted run, the one the cut fell in scored whole again: each file is
+    # predicted in the same company, so a continued CSV is the same bytes on any CPU (float32 kernels round a row
+    # differently with another batch around it: seen under ONEDNN_MAX_CPU_ISA=AVX2)
+    grid = [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
     shape = cast("tuple[int, int, int]", tuple(model.input_shape[1:]))  # (h, w, c) of an image model
     t0, written, skipped = time.perf_counter(), 0, 0
     notes: list[tuple[str, str]] = []
     try:
-        for rows, x in _batches(todo, shape, batch_size):
+        for rows, x in _batches([c for c in grid if any(p not in done for p in c)], shape):
             if x is not None:
                 fill_top(rows, np.asarray(model.predict_on_batch(x)), class_names, k)
+            rows = [r for r in rows if r["file"] not in done]
             f.write(_lines(rows))
             f.flush()
             os.fsync(f.fileno())  # a kill after this loses nothing of this batch
